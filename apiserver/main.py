@@ -1,0 +1,103 @@
+"""kubelite-apiserver: serve the object API from etcd."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from prometheus_client import start_http_server
+
+from apiserver.server import ApiServer, ServerConfig
+from machinery import log as logging_setup
+from machinery.log import get_logger
+
+log = get_logger("apiserver")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="kubelite-apiserver",
+        description="Serve kubelite's object API (gRPC) with every object kept in etcd.",
+    )
+    parser.add_argument(
+        "--etcd-servers",
+        default="127.0.0.1:2379",
+        help="comma-separated etcd client endpoints (host:port) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--listen", default="127.0.0.1:6443", help="gRPC address (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--etcd-prefix",
+        default="/registry",
+        help="key prefix in etcd, so several clusters can share one etcd (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0: off)"
+    )
+    parser.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        help="address for the metrics endpoint (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--compaction-interval",
+        type=float,
+        default=300.0,
+        help="seconds between etcd compactions, 0 to disable (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--watch-cache-size",
+        type=int,
+        default=10_000,
+        help="events kept per resource (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--bookmark-interval",
+        type=float,
+        default=30.0,
+        help="seconds between watch bookmarks (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default: INFO)"
+    )
+    return parser.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> None:
+    config = ServerConfig(
+        etcd_endpoints=[e.strip() for e in args.etcd_servers.split(",") if e.strip()],
+        listen=args.listen,
+        prefix=args.etcd_prefix,
+        watch_cache_capacity=args.watch_cache_size,
+        bookmark_interval=args.bookmark_interval,
+        compaction_interval=args.compaction_interval,
+    )
+    server = ApiServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping on signal")
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging_setup.setup(args.log_level)
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr=args.metrics_address)
+    try:
+        asyncio.run(run(args))
+    except RuntimeError as err:
+        log.error("API server failed", err=err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,727 @@
+"""What each API verb does to an object before and after it reaches the store.
+
+The registry owns the rules Kubernetes' REST strategies encode: defaults and
+validation on every write, server-owned metadata (uid, creationTimestamp,
+generation, resourceVersion, deletionTimestamp) that clients cannot set,
+the split between an object's spec (main resource) and its status (status
+subresource), generateName, graceful deletion of Pods bound to a node,
+finalizers, and optimistic concurrency.
+
+Objects are stored as JSON without metadata.resourceVersion: the version is
+etcd's mod revision of the key, added on every read. Every write is a
+compare-and-swap on that revision. A write that carries a resourceVersion
+fails with Conflict when it is stale; one that carries none is retried on
+the latest version (an unconditional update).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import dataclasses
+import json
+import random
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from apiserver import store as st
+from apiserver.watchcache import WatchCache
+from machinery import defaults, errors, kinds, validation
+from machinery.clock import Clock, RealClock, rfc3339
+from machinery.fields import FieldSelector
+from machinery.kinds import Kind
+from machinery.labels import Selector
+from machinery.log import get_logger
+
+log = get_logger("apiserver.registry")
+
+MAX_OBJECT_BYTES = 1024 * 1024
+# Kubernetes' alphabet for generated name suffixes: no vowels, no look-alikes.
+_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+_SERVER_METADATA = (
+    "uid",
+    "creationTimestamp",
+    "generation",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+)
+# Kinds whose status is reset on create: controllers and the proxy fill it in.
+_RESET_STATUS_ON_CREATE = {"Deployment", "ReplicaSet", "Service"}
+FOREGROUND = "foregroundDeletion"
+ORPHAN = "orphan"
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+@dataclasses.dataclass(frozen=True)
+class ListPage:
+    items: list[bytes]
+    resource_version: str
+    continue_token: str
+
+
+Mutation = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class Registry:
+    def __init__(
+        self,
+        store: st.Store,
+        *,
+        prefix: str = "/registry",
+        clock: Clock | None = None,
+        caches: dict[str, WatchCache] | None = None,
+        rng: random.Random | None = None,
+        max_object_bytes: int = MAX_OBJECT_BYTES,
+    ) -> None:
+        self._store = store
+        self.prefix = prefix.rstrip("/")
+        self._clock = clock or RealClock()
+        self._caches = caches or {}
+        self._rng = rng or random.Random()
+        self._max_bytes = max_object_bytes
+
+    # -- keys and encoding ----------------------------------------------------------
+
+    def resource_prefix(self, kind: Kind, namespace: str = "") -> str:
+        base = f"{self.prefix}/{kind.resource}/"
+        return f"{base}{namespace}/" if kind.namespaced and namespace else base
+
+    def key(self, kind: Kind, namespace: str, name: str) -> str:
+        if kind.namespaced:
+            return f"{self.prefix}/{kind.resource}/{namespace}/{name}"
+        return f"{self.prefix}/{kind.resource}/{name}"
+
+    def _encode(self, kind: Kind, obj: dict[str, Any]) -> bytes:
+        meta = obj["metadata"]
+        version = meta.pop("resourceVersion", None)
+        data = json.dumps(obj, separators=(",", ":")).encode()
+        if version is not None:
+            meta["resourceVersion"] = version
+        if len(data) > self._max_bytes:
+            raise errors.TooLarge(
+                f'{kind.kind} "{meta.get("name", "")}" is too large: {len(data)} bytes '
+                f"exceeds the limit of {self._max_bytes} bytes",
+                kind=kind.kind,
+                name=meta.get("name", ""),
+            )
+        return data
+
+    @staticmethod
+    def _decode(kv: st.KeyValue) -> dict[str, Any]:
+        obj = json.loads(kv.value)
+        obj["metadata"]["resourceVersion"] = str(kv.mod_revision)
+        return obj
+
+    def _not_found(self, kind: Kind, name: str) -> errors.NotFound:
+        return errors.NotFound(f'{kind.resource} "{name}" not found', kind=kind.kind, name=name)
+
+    def _conflict(self, kind: Kind, name: str, why: str) -> errors.Conflict:
+        return errors.Conflict(
+            f'Operation cannot be fulfilled on {kind.resource} "{name}": {why}',
+            kind=kind.kind,
+            name=name,
+        )
+
+    def _stale(self, kind: Kind, name: str) -> errors.Conflict:
+        return self._conflict(
+            kind,
+            name,
+            "the object has been modified; please apply your changes to the latest version "
+            "and try again",
+        )
+
+    # -- create ------------------------------------------------------------------------------
+
+    async def create(
+        self, kind: Kind, namespace: str, obj: dict[str, Any], *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        self._check_type(kind, obj)
+        meta = obj.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise errors.BadRequest("metadata: must be an object")
+        self._settle_namespace(kind, namespace, meta)
+        defaults.apply_defaults(obj)
+        self._prepare_for_create(kind, obj)
+        if not meta.get("name") and not meta.get("generateName"):
+            raise errors.Invalid.for_causes(
+                kind.kind,
+                "",
+                [
+                    errors.Cause(
+                        "metadata.name", "FieldValueRequired", "name or generateName is required"
+                    )
+                ],
+            )
+        if kind.namespaced:
+            await self._check_namespace_open(meta["namespace"])
+        generated = not meta.get("name")
+        for _ in range(8):
+            if generated:
+                meta["name"] = meta["generateName"] + "".join(
+                    self._rng.choice(_SUFFIX_ALPHABET) for _ in range(5)
+                )
+            self._validate(kind, obj)
+            data = self._encode(kind, obj)
+            if dry_run:
+                return obj
+            key = self.key(kind, meta.get("namespace", ""), meta["name"])
+            try:
+                revision = await self._store.create(key, data)
+            except st.KeyExists:
+                if generated:
+                    continue
+                raise errors.AlreadyExists(
+                    f'{kind.resource} "{meta["name"]}" already exists',
+                    kind=kind.kind,
+                    name=meta["name"],
+                ) from None
+            except st.StoreUnavailable as err:
+                raise errors.Unavailable(str(err)) from err
+            meta["resourceVersion"] = str(revision)
+            return obj
+        raise errors.AlreadyExists(
+            f"{kind.resource}: could not find a free name for generateName "
+            f"{meta['generateName']!r}; try again",
+            kind=kind.kind,
+        )
+
+    @staticmethod
+    def _check_type(kind: Kind, obj: Any) -> None:
+        if not isinstance(obj, dict):
+            raise errors.BadRequest(f"the {kind.kind} must be a JSON object")
+        causes = []
+        if obj.get("kind") != kind.kind:
+            causes.append(
+                errors.Cause(
+                    "kind",
+                    "FieldValueInvalid",
+                    f"Invalid value: {json.dumps(obj.get('kind'))}: must be {kind.kind} "
+                    f"for the {kind.resource} resource",
+                )
+            )
+        if obj.get("apiVersion") != kind.api_version:
+            causes.append(
+                errors.Cause(
+                    "apiVersion",
+                    "FieldValueInvalid",
+                    f"Invalid value: {json.dumps(obj.get('apiVersion'))}: must be "
+                    f"{kind.api_version}",
+                )
+            )
+        if causes:
+            name = (
+                (obj.get("metadata") or {}).get("name", "")
+                if isinstance(obj.get("metadata"), dict)
+                else ""
+            )
+            raise errors.Invalid.for_causes(kind.kind, name, causes)
+
+    @staticmethod
+    def _settle_namespace(kind: Kind, namespace: str, meta: dict[str, Any]) -> None:
+        if not kind.namespaced:
+            if meta.get("namespace"):
+                raise errors.BadRequest(
+                    f"{kind.kind} is cluster-scoped: metadata.namespace must be empty, "
+                    f"not {meta['namespace']!r}"
+                )
+            meta.pop("namespace", None)
+            return
+        if namespace and meta.get("namespace") and meta["namespace"] != namespace:
+            raise errors.BadRequest(
+                f"the namespace of the object ({meta['namespace']}) does not match the "
+                f"namespace of the request ({namespace})"
+            )
+        meta["namespace"] = meta.get("namespace") or namespace or "default"
+
+    def _prepare_for_create(self, kind: Kind, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        for field in (*_SERVER_METADATA, "resourceVersion"):
+            meta.pop(field, None)
+        meta["uid"] = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+        meta["creationTimestamp"] = rfc3339(self._clock.now())
+        meta["generation"] = 1
+        if kind.kind in _RESET_STATUS_ON_CREATE:
+            obj["status"] = {}
+        elif kind.kind == "Pod":
+            obj["status"] = {"phase": "Pending", "qosClass": _qos_class(obj.get("spec", {}))}
+        elif kind.kind == "Namespace":
+            obj["status"] = {"phase": "Active"}
+
+    def _validate(self, kind: Kind, obj: dict[str, Any], old: dict[str, Any] | None = None) -> None:
+        causes = validation.validate(obj)
+        if old is not None:
+            causes += validation.validate_update(old, obj)
+        if causes:
+            raise errors.Invalid.for_causes(kind.kind, obj["metadata"].get("name", ""), causes)
+
+    async def _check_namespace_open(self, namespace: str) -> None:
+        ns_kind = kinds.by_kind("Namespace")
+        assert ns_kind is not None
+        try:
+            ns = await self.get(ns_kind, "", namespace)
+        except errors.NotFound:
+            raise errors.NotFound(
+                f'namespaces "{namespace}" not found', kind="Namespace", name=namespace
+            ) from None
+        if ns["metadata"].get("deletionTimestamp"):
+            raise errors.Forbidden(
+                f"unable to create new content in namespace {namespace} because it is being "
+                "terminated",
+                kind="Namespace",
+                name=namespace,
+            )
+
+    # -- read --------------------------------------------------------------------------------
+
+    async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any]:
+        try:
+            kv = await self._store.get(self.key(kind, namespace, name))
+        except st.KeyNotFound:
+            raise self._not_found(kind, name) from None
+        except st.StoreUnavailable as err:
+            raise errors.Unavailable(str(err)) from err
+        return self._decode(kv)
+
+    async def list(
+        self,
+        kind: Kind,
+        namespace: str,
+        *,
+        labels: Selector | None = None,
+        fields: FieldSelector | None = None,
+        limit: int = 0,
+        continue_token: str = "",
+        resource_version: str = "",
+    ) -> ListPage:
+        if limit < 0:
+            raise errors.BadRequest(f"limit must not be negative, got {limit}")
+        if resource_version == "0" and not continue_token and kind.resource in self._caches:
+            return self._list_cached(kind, namespace, labels, fields)
+        prefix = self.resource_prefix(kind, namespace)
+        revision, start = 0, ""
+        if continue_token:
+            revision, start = _decode_continue(continue_token, prefix)
+        elif resource_version not in ("", "0"):
+            revision = _parse_rv(resource_version)
+        items: list[bytes] = []
+        more = False
+        while True:
+            want = max(limit - len(items), 0)
+            try:
+                page = await self._store.list(prefix, revision=revision, limit=want, start=start)
+            except st.Compacted as err:
+                raise errors.Expired(
+                    f"the resourceVersion {revision} of this list is too old: it was compacted; "
+                    "list again without a continue token",
+                ) from err
+            except st.StoreUnavailable as err:
+                raise errors.Unavailable(str(err)) from err
+            # etcd's header names its current revision; a read at a fixed one stays there.
+            revision = revision or page.revision
+            for kv in page.items:
+                obj = self._decode(kv)
+                if _matches(obj, labels, fields):
+                    items.append(json.dumps(obj).encode())
+            more = page.more
+            if not more or not page.items:
+                break
+            start = page.items[-1].key + "\0"
+            if limit and len(items) >= limit:
+                break
+        token = _encode_continue(revision, start) if more else ""
+        return ListPage(items, str(revision), token)
+
+    def _list_cached(
+        self, kind: Kind, namespace: str, labels: Selector | None, fields: FieldSelector | None
+    ) -> ListPage:
+        cache = self._caches[kind.resource]
+        items = [
+            c.raw
+            for c in sorted(cache.objects(), key=lambda c: c.key)
+            if (not namespace or c.namespace == namespace) and _matches(c.obj, labels, fields)
+        ]
+        return ListPage(items, str(cache.revision), "")
+
+    # -- update --------------------------------------------------------------------------------
+
+    async def update(
+        self, kind: Kind, namespace: str, name: str, obj: dict[str, Any], *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        self._check_type(kind, obj)
+        meta = obj.get("metadata")
+        if not isinstance(meta, dict):
+            raise errors.BadRequest("metadata: must be an object")
+        if meta.get("name", name) != name:
+            raise errors.BadRequest(
+                f"the name of the object ({meta.get('name')}) does not match the name of the "
+                f"request ({name})"
+            )
+        meta["name"] = name
+        self._settle_namespace(kind, namespace, meta)
+        defaults.apply_defaults(obj)
+        precondition = meta.get("resourceVersion", "")
+
+        def mutate(current: dict[str, Any]) -> dict[str, Any]:
+            new = copy.deepcopy(obj)
+            new_meta = new["metadata"]
+            for field in _SERVER_METADATA:
+                if field in current["metadata"]:
+                    new_meta[field] = current["metadata"][field]
+                else:
+                    new_meta.pop(field, None)
+            if kind.has_status:
+                if "status" in current:
+                    new["status"] = current["status"]
+                else:
+                    new.pop("status", None)
+            if _spec_of(new) != _spec_of(current):
+                new_meta["generation"] = current["metadata"].get("generation", 1) + 1
+            self._validate(kind, new, current)
+            return new
+
+        return await self._guaranteed_update(
+            kind, namespace, name, mutate, precondition=precondition, dry_run=dry_run
+        )
+
+    async def update_status(
+        self, kind: Kind, namespace: str, name: str, obj: dict[str, Any]
+    ) -> dict[str, Any]:
+        if not kind.has_status:
+            raise errors.MethodNotAllowed(f"{kind.resource} has no status subresource")
+        self._check_type(kind, obj)
+        precondition = (obj.get("metadata") or {}).get("resourceVersion", "")
+        status = obj.get("status", {})
+
+        def mutate(current: dict[str, Any]) -> dict[str, Any]:
+            new = copy.deepcopy(current)
+            new["status"] = copy.deepcopy(status)
+            self._validate(kind, new)
+            return new
+
+        return await self._guaranteed_update(
+            kind, namespace, name, mutate, precondition=precondition
+        )
+
+    async def patch(
+        self, kind: Kind, namespace: str, name: str, patch: Any, *, status: bool = False
+    ) -> dict[str, Any]:
+        if not isinstance(patch, dict):
+            raise errors.BadRequest("a merge patch must be a JSON object")
+        precondition = ""
+        if isinstance(patch.get("metadata"), dict):
+            precondition = str(patch["metadata"].get("resourceVersion") or "")
+        for _ in range(16):
+            current = await self.get(kind, namespace, name)
+            merged = merge_patch(current, patch)
+            if not isinstance(merged.get("metadata"), dict):
+                raise errors.BadRequest("the patch must not remove metadata")
+            merged["metadata"]["resourceVersion"] = (
+                precondition or current["metadata"]["resourceVersion"]
+            )
+            try:
+                if status:
+                    return await self.update_status(kind, namespace, name, merged)
+                return await self.update(kind, namespace, name, merged)
+            except errors.Conflict:
+                if precondition:
+                    raise
+        raise self._stale(kind, name)
+
+    async def _guaranteed_update(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        mutate: Mutation,
+        *,
+        precondition: str = "",
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Read, mutate, compare-and-swap; retry on races unless the caller pinned a version."""
+        key = self.key(kind, namespace, name)
+        for _ in range(32):
+            try:
+                kv = await self._store.get(key)
+            except st.KeyNotFound:
+                raise self._not_found(kind, name) from None
+            except st.StoreUnavailable as err:
+                raise errors.Unavailable(str(err)) from err
+            if precondition and precondition != str(kv.mod_revision):
+                raise self._stale(kind, name)
+            current = self._decode(kv)
+            new = mutate(copy.deepcopy(current))
+            new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            if new == current or dry_run:
+                return new
+            if _finished_deleting(new):
+                return await self._delete_now(kind, key, name, kv.mod_revision, new)
+            data = self._encode(kind, new)
+            try:
+                revision = await self._store.update(key, data, expected_revision=kv.mod_revision)
+            except st.RevisionMismatch:
+                if precondition:
+                    raise self._stale(kind, name) from None
+                continue
+            except st.KeyNotFound:
+                raise self._not_found(kind, name) from None
+            except st.StoreUnavailable as err:
+                raise errors.Unavailable(str(err)) from err
+            new["metadata"]["resourceVersion"] = str(revision)
+            return new
+        raise self._stale(kind, name)
+
+    # -- delete -----------------------------------------------------------------------------------
+
+    async def delete(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        *,
+        propagation: str = "",
+        uid: str = "",
+        resource_version: str = "",
+        grace_period_seconds: int = -1,
+    ) -> dict[str, Any]:
+        propagation = propagation or "Background"
+        if propagation not in ("Background", "Foreground", "Orphan"):
+            raise errors.BadRequest(
+                f'invalid propagationPolicy "{propagation}": '
+                "must be Background, Foreground or Orphan"
+            )
+        if grace_period_seconds < -1:
+            raise errors.BadRequest(
+                f"gracePeriodSeconds must not be negative, got {grace_period_seconds}"
+            )
+        key = self.key(kind, namespace, name)
+        for _ in range(32):
+            try:
+                kv = await self._store.get(key)
+            except st.KeyNotFound:
+                raise self._not_found(kind, name) from None
+            except st.StoreUnavailable as err:
+                raise errors.Unavailable(str(err)) from err
+            current = self._decode(kv)
+            meta = current["metadata"]
+            if uid and meta.get("uid") != uid:
+                raise self._conflict(
+                    kind,
+                    name,
+                    f"Precondition failed: UID in precondition: {uid}, "
+                    f"UID in object meta: {meta.get('uid')}",
+                )
+            if resource_version and resource_version != str(kv.mod_revision):
+                raise self._conflict(
+                    kind,
+                    name,
+                    f"Precondition failed: ResourceVersion in precondition: {resource_version}, "
+                    f"ResourceVersion in object meta: {kv.mod_revision}",
+                )
+            new = self._mark_deleting(kind, current, propagation, grace_period_seconds)
+            try:
+                if new is None:
+                    return await self._delete_now(kind, key, name, kv.mod_revision, current)
+                if new == current:
+                    return current
+                revision = await self._store.update(
+                    key, self._encode(kind, new), expected_revision=kv.mod_revision
+                )
+            except (st.RevisionMismatch, errors.Conflict):
+                if resource_version:
+                    raise self._stale(kind, name) from None
+                continue
+            new["metadata"]["resourceVersion"] = str(revision)
+            log.debug(
+                "object marked for deletion",
+                resource=kind.resource,
+                key=key,
+                propagation=propagation,
+            )
+            return new
+        raise self._stale(kind, name)
+
+    def _mark_deleting(
+        self, kind: Kind, current: dict[str, Any], propagation: str, grace: int
+    ) -> dict[str, Any] | None:
+        """The object with deletion recorded on it, or None when it can go at once."""
+        new = copy.deepcopy(current)
+        meta = new["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if not meta.get("deletionTimestamp"):
+            if propagation == "Foreground" and FOREGROUND not in finalizers:
+                finalizers.append(FOREGROUND)
+            if propagation == "Orphan" and ORPHAN not in finalizers:
+                finalizers.append(ORPHAN)
+        pod_grace = self._pod_grace(kind, current, grace)
+        if not finalizers and not pod_grace:
+            return None
+        if finalizers:
+            meta["finalizers"] = finalizers
+        now = self._clock.now()
+        if not meta.get("deletionTimestamp"):
+            meta["deletionTimestamp"] = rfc3339(now + (pod_grace or 0))
+            if kind.kind == "Pod":
+                meta["deletionGracePeriodSeconds"] = pod_grace or 0
+        elif (
+            kind.kind == "Pod" and grace >= 0 and grace < meta.get("deletionGracePeriodSeconds", 0)
+        ):
+            # A shorter grace period overrides a pending longer one, as for kubectl --force.
+            meta["deletionGracePeriodSeconds"] = grace
+            meta["deletionTimestamp"] = rfc3339(now + grace)
+            if grace == 0 and not finalizers:
+                return None
+        return new
+
+    @staticmethod
+    def _pod_grace(kind: Kind, pod: dict[str, Any], grace: int) -> int:
+        """Seconds a Pod's kubelet gets to stop it; 0 for a Pod that can go at once."""
+        if kind.kind != "Pod":
+            return 0
+        spec, status = pod.get("spec", {}), pod.get("status", {})
+        if not spec.get("nodeName") or status.get("phase") in ("Succeeded", "Failed"):
+            return 0
+        if pod["metadata"].get("deletionTimestamp"):
+            return pod["metadata"].get("deletionGracePeriodSeconds", 0)
+        if grace >= 0:
+            return grace
+        return int(spec.get("terminationGracePeriodSeconds", 30))
+
+    async def _delete_now(
+        self, kind: Kind, key: str, name: str, revision: int, last: dict[str, Any]
+    ) -> dict[str, Any]:
+        try:
+            deleted_at, _ = await self._store.delete(key, expected_revision=revision)
+        except st.RevisionMismatch:
+            raise errors.Conflict(f"{kind.resource} {name!r} changed during deletion") from None
+        except st.KeyNotFound:
+            raise self._not_found(kind, name) from None
+        except st.StoreUnavailable as err:
+            raise errors.Unavailable(str(err)) from err
+        last["metadata"]["resourceVersion"] = str(deleted_at)
+        log.debug("object deleted", resource=kind.resource, key=key)
+        return last
+
+    # -- binding ----------------------------------------------------------------------------------
+
+    async def bind(
+        self, namespace: str, name: str, node_name: str, uid: str = ""
+    ) -> dict[str, Any]:
+        pods = kinds.by_kind("Pod")
+        assert pods is not None
+        if not node_name:
+            raise errors.Invalid.for_causes(
+                "Binding",
+                name,
+                [errors.Cause("target.name", "FieldValueRequired", "Required value")],
+            )
+
+        def mutate(pod: dict[str, Any]) -> dict[str, Any]:
+            if uid and pod["metadata"].get("uid") != uid:
+                raise self._conflict(pods, name, f"the Pod's UID is not {uid}")
+            if pod["metadata"].get("deletionTimestamp"):
+                raise self._conflict(
+                    pods, name, f"pod {name} is being deleted, cannot be assigned to a host"
+                )
+            current = pod.get("spec", {}).get("nodeName")
+            if current:
+                raise self._conflict(
+                    pods, name, f'pod {name} is already assigned to node "{current}"'
+                )
+            pod["spec"]["nodeName"] = node_name
+            status = pod.setdefault("status", {})
+            conditions = [
+                c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"
+            ]
+            conditions.append(
+                {
+                    "type": "PodScheduled",
+                    "status": "True",
+                    "lastProbeTime": None,
+                    "lastTransitionTime": rfc3339(self._clock.now()),
+                }
+            )
+            status["conditions"] = conditions
+            return pod
+
+        return await self._guaranteed_update(pods, namespace, name, mutate)
+
+
+def _finished_deleting(obj: dict[str, Any]) -> bool:
+    """An object whose deletion only waited for finalizers that are now all gone."""
+    meta = obj["metadata"]
+    if not meta.get("deletionTimestamp") or meta.get("finalizers"):
+        return False
+    return not meta.get("deletionGracePeriodSeconds")
+
+
+def _spec_of(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+
+
+def _matches(obj: dict[str, Any], labels: Selector | None, fields: FieldSelector | None) -> bool:
+    if (
+        labels is not None
+        and not labels.empty
+        and not labels.matches(obj.get("metadata", {}).get("labels") or {})
+    ):
+        return False
+    return fields is None or fields.empty or fields.matches(obj)
+
+
+def _qos_class(spec: dict[str, Any]) -> str:
+    """Guaranteed, Burstable or BestEffort, from the containers' requests and limits."""
+    containers = (spec.get("containers") or []) + (spec.get("initContainers") or [])
+    requests_seen = limits_seen = False
+    guaranteed = bool(containers)
+    for c in containers:
+        res = c.get("resources") or {}
+        req, lim = res.get("requests") or {}, res.get("limits") or {}
+        requests_seen = requests_seen or bool(req)
+        limits_seen = limits_seen or bool(lim)
+        for name in ("cpu", "memory"):
+            if name not in lim or req.get(name, lim[name]) != lim[name]:
+                guaranteed = False
+    if guaranteed:
+        return "Guaranteed"
+    return "Burstable" if requests_seen or limits_seen else "BestEffort"
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """Apply a JSON merge patch (RFC 7386): null deletes, objects merge, the rest replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _parse_rv(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise errors.BadRequest(f"invalid resourceVersion {text!r}: must be a number") from None
+    if value < 0:
+        raise errors.BadRequest(f"invalid resourceVersion {text!r}: must not be negative")
+    return value
+
+
+def _encode_continue(revision: int, start: str) -> str:
+    raw = json.dumps({"rv": revision, "start": start}).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_continue(token: str, prefix: str) -> tuple[int, str]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        revision, start = int(data["rv"]), str(data["start"])
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise errors.BadRequest(f"invalid continue token {token[:40]!r}") from None
+    if not start.startswith(prefix):
+        raise errors.BadRequest("the continue token belongs to another list request")
+    return revision, start

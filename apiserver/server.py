@@ -1,0 +1,170 @@
+"""Assembles an API server: store, watch caches, registry, collector, compactor, gRPC.
+
+The server can start before etcd answers: the caches keep retrying with
+back-off and requests fail with UNAVAILABLE until etcd is back, so the API
+server recovers by itself when it loses its peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from apiserver.garbagecollector import GarbageCollector
+from apiserver.registry import SYSTEM_NAMESPACES, Registry
+from apiserver.service import SERVICE_NAME, ObjectService
+from apiserver.store import EtcdStore, Store, StoreError
+from apiserver.watchcache import WatchCache
+from machinery import errors, kinds
+from machinery.api import api_pb2
+from machinery.clock import Clock, RealClock
+from machinery.log import get_logger
+
+log = get_logger("apiserver")
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    etcd_endpoints: list[str]
+    listen: str = "127.0.0.1:6443"
+    prefix: str = "/registry"
+    watch_cache_capacity: int = 10_000
+    bookmark_interval: float = 30.0
+    # Every interval, compact etcd at the revision seen one interval earlier, as
+    # Kubernetes does; 0 turns compaction off.
+    compaction_interval: float = 300.0
+
+
+class ApiServer:
+    def __init__(
+        self, config: ServerConfig, *, store: Store | None = None, clock: Clock | None = None
+    ) -> None:
+        self.config = config
+        self._clock = clock or RealClock()
+        self.store = store or EtcdStore(config.etcd_endpoints)
+        self.caches = {
+            k.resource: WatchCache(
+                self.store,
+                resource=k.resource,
+                prefix=f"{config.prefix.rstrip('/')}/{k.resource}/",
+                capacity=config.watch_cache_capacity,
+                clock=self._clock,
+            )
+            for k in kinds.KINDS
+        }
+        self.registry = Registry(
+            self.store, prefix=config.prefix, clock=self._clock, caches=self.caches
+        )
+        self.collector = GarbageCollector(self.registry, self.caches, clock=self._clock)
+        self._service = ObjectService(
+            self.registry, self.caches, bookmark_interval=config.bookmark_interval
+        )
+        self._health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.port = 0
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        server.add_generic_rpc_handlers((self._service.handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (
+                api_pb2.DESCRIPTOR.services_by_name["Objects"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        self.port = server.add_insecure_port(self.config.listen)
+        if self.port == 0:
+            raise RuntimeError(
+                f"failed to listen on {self.config.listen}: address in use or invalid"
+            )
+        await server.start()
+        self._server = server
+        for cache in self.caches.values():
+            cache.start()
+        self._tasks.append(asyncio.create_task(self._become_ready(), name="apiserver-ready"))
+        if self.config.compaction_interval > 0:
+            self._tasks.append(asyncio.create_task(self._compact_forever(), name="compactor"))
+        log.info(
+            "API server listening",
+            address=self.config.listen,
+            port=self.port,
+            etcd=",".join(self.config.etcd_endpoints),
+        )
+
+    async def _become_ready(self) -> None:
+        """Serve health once every cache has listed, then start the collector."""
+        await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await asyncio.gather(*(c.ready.wait() for c in self.caches.values()))
+        await self._ensure_system_namespaces()
+        self.collector.start()
+        await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.ready.set()
+        log.info("API server ready")
+
+    async def _ensure_system_namespaces(self) -> None:
+        ns_kind = kinds.by_kind("Namespace")
+        assert ns_kind is not None
+        for name in SYSTEM_NAMESPACES:
+            delay = 0.1
+            while True:
+                try:
+                    await self.registry.create(
+                        ns_kind,
+                        "",
+                        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+                    )
+                    break
+                except errors.AlreadyExists:
+                    break
+                except errors.Unavailable as err:
+                    log.warning(
+                        "failed to create system namespace, retrying", namespace=name, err=err
+                    )
+                    await self._clock.sleep(delay)
+                    delay = min(delay * 2, 5)
+
+    async def _compact_forever(self) -> None:
+        interval = self.config.compaction_interval
+        previous = 0
+        while True:
+            await self._clock.sleep(interval)
+            try:
+                current = await self.store.current_revision()
+                if previous:
+                    await self.store.compact(previous)
+                    for cache in self.caches.values():
+                        cache.forget_before(previous)
+                    log.info("compacted etcd", revision=previous)
+                previous = current
+            except StoreError as err:
+                log.warning("failed to compact etcd", err=err)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.collector.stop()
+        for cache in self.caches.values():
+            await cache.stop()
+        if self._server is not None:
+            await self._server.stop(grace)
+        await self.store.close()
+        log.info("API server stopped")
