@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Bring up a kubelite cluster on this machine, as root on Debian.
+#
+#   deploy/up.sh [--nodes N] [--name NAME] [--demo]
+#
+# Installs what is missing (Debian packages, the project into .venv), starts
+# the cluster's components under a supervisor, waits until they answer, and
+# writes the client config so that .venv/bin/kctl works with no flags.
+# Running it again on a running cluster reports it.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+NAME=kubelite
+NODES=3
+DEMO=0
+
+usage() {
+  sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --nodes) NODES=${2:?--nodes needs a number}; shift 2 ;;
+    --nodes=*) NODES=${1#*=}; shift ;;
+    --name) NAME=${2:?--name needs a name}; shift 2 ;;
+    --name=*) NAME=${1#*=}; shift ;;
+    --demo) DEMO=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "deploy/up.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+case "$NODES" in
+  ''|*[!0-9]*) echo "deploy/up.sh: --nodes must be a whole number, got '$NODES'" >&2; exit 2 ;;
+esac
+
+# shellcheck source=deploy/install.sh
+. "$ROOT/deploy/install.sh"
+kubelite_install
+
+cd "$ROOT"
+args=(up --name "$NAME" --nodes "$NODES")
+[ "$DEMO" = 1 ] && args+=(--demo)
+exec "$ROOT/.venv/bin/python" -m deploy.cluster "${args[@]}"
