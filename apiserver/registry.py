@@ -259,6 +259,12 @@ class Registry:
     async def _check_namespace_open(self, namespace: str) -> None:
         ns_kind = kinds.by_kind("Namespace")
         assert ns_kind is not None
+        # The namespace cache answers almost every create without an etcd round trip;
+        # a miss may only mean the cache lags a namespace created a moment ago.
+        cache = self._caches.get(ns_kind.resource)
+        cached = cache.get(self.key(ns_kind, "", namespace)) if cache is not None else None
+        if cached is not None and not cached.obj["metadata"].get("deletionTimestamp"):
+            return
         try:
             ns = await self.get(ns_kind, "", namespace)
         except errors.NotFound:
