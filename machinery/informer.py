@@ -259,3 +259,54 @@ class Informer:
                 for h in self._handlers:
                     if h.on_update:
                         h.on_update(obj, obj)
+
+
+class InformerFactory:
+    """One informer per resource (and selectors), shared by every controller of a process.
+
+    Several controllers watching Pods then cost one list and one watch, and
+    see the same cache.
+    """
+
+    def __init__(
+        self, client: ApiClient, *, clock: Clock | None = None, resync_period: float = 0.0
+    ) -> None:
+        self._client = client
+        self._clock = clock
+        self._resync = resync_period
+        self._informers: dict[tuple[str, str, str, str], Informer] = {}
+
+    def informer(
+        self,
+        resource: str,
+        *,
+        namespace: str = "",
+        label_selector: str = "",
+        field_selector: str = "",
+    ) -> Informer:
+        key = (resource, namespace, label_selector, field_selector)
+        if key not in self._informers:
+            self._informers[key] = Informer(
+                self._client,
+                resource,
+                namespace=namespace,
+                label_selector=label_selector,
+                field_selector=field_selector,
+                resync_period=self._resync,
+                clock=self._clock,
+            )
+        return self._informers[key]
+
+    def start(self) -> None:
+        for informer in self._informers.values():
+            if informer._task is None:
+                informer.start()
+
+    async def wait_synced(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(
+            asyncio.gather(*(i.synced.wait() for i in self._informers.values())), timeout
+        )
+
+    async def stop(self) -> None:
+        for informer in self._informers.values():
+            await informer.stop()
