@@ -74,6 +74,7 @@ async def run(args: argparse.Namespace) -> None:
         watch_cache_capacity=args.watch_cache_size,
         bookmark_interval=args.bookmark_interval,
         compaction_interval=args.compaction_interval,
+        event_ttl=args.event_ttl,
     )
     server = ApiServer(config)
     await server.start()

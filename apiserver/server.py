@@ -21,7 +21,7 @@ from apiserver.store import EtcdStore, Store, StoreError
 from apiserver.watchcache import WatchCache
 from machinery import errors, kinds
 from machinery.api import api_pb2
-from machinery.clock import Clock, RealClock
+from machinery.clock import Clock, RealClock, parse_rfc3339
 from machinery.log import get_logger
 
 log = get_logger("apiserver")
@@ -39,6 +39,8 @@ class ServerConfig:
     # Every interval, compact etcd at the revision seen one interval earlier, as
     # Kubernetes does; 0 turns compaction off.
     compaction_interval: float = 300.0
+    # Events are deleted this long after they last happened, as Kubernetes' --event-ttl.
+    event_ttl: float = 3600.0
 
 
 class ApiServer:
@@ -101,6 +103,8 @@ class ApiServer:
         self._tasks.append(asyncio.create_task(self._become_ready(), name="apiserver-ready"))
         if self.config.compaction_interval > 0:
             self._tasks.append(asyncio.create_task(self._compact_forever(), name="compactor"))
+        if self.config.event_ttl > 0:
+            self._tasks.append(asyncio.create_task(self._expire_events_forever(), name="event-ttl"))
         log.info(
             "API server listening",
             address=self.config.listen,
@@ -158,6 +162,33 @@ class ApiServer:
             except StoreError as err:
                 log.warning("failed to compact etcd", err=err)
 
+    async def _expire_events_forever(self) -> None:
+        ttl = self.config.event_ttl
+        events = kinds.by_kind("Event")
+        assert events is not None
+        cache = self.caches[events.resource]
+        while True:
+            await self._clock.sleep(min(60.0, ttl / 2))
+            cutoff = self._clock.now() - ttl
+            expired = [
+                c.obj
+                for c in list(cache.objects())
+                if _last_seen(c.obj) is not None and _last_seen(c.obj) < cutoff  # type: ignore[operator]
+            ]
+            for event in expired:
+                meta = event["metadata"]
+                try:
+                    await self.registry.delete(events, meta["namespace"], meta["name"])
+                except errors.NotFound:
+                    pass
+                except errors.ApiError as err:
+                    log.warning(
+                        "failed to expire event", key=f"{meta['namespace']}/{meta['name']}", err=err
+                    )
+                    break
+            if expired:
+                log.debug("expired events", count=len(expired))
+
     async def stop(self, grace: float = 1.0) -> None:
         for task in self._tasks:
             task.cancel()
@@ -168,3 +199,15 @@ class ApiServer:
             await self._server.stop(grace)
         await self.store.close()
         log.info("API server stopped")
+
+
+def _last_seen(event: dict) -> float | None:
+    stamp = (
+        event.get("lastTimestamp")
+        or event.get("eventTime")
+        or event["metadata"].get("creationTimestamp")
+    )
+    try:
+        return parse_rfc3339(stamp) if stamp else None
+    except ValueError:
+        return None

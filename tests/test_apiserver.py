@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
 from machinery import errors
 from machinery.client import ApiClient
+from machinery.clock import rfc3339
 from tests import objects as o
 
 ROUND_TRIP = [
@@ -438,3 +440,32 @@ async def test_status_detail_survives_the_wire(client: ApiClient) -> None:
     assert caught.value.kind == "ConfigMap"
     assert caught.value.causes[0].field == "metadata.name"
     assert json.dumps(caught.value.causes[0].message)
+
+
+async def test_events_expire_after_their_ttl(etcd, etcd_prefix) -> None:
+    from apiserver.server import ApiServer, ServerConfig
+
+    server = ApiServer(
+        ServerConfig(
+            [etcd.endpoint],
+            listen="127.0.0.1:0",
+            prefix=etcd_prefix,
+            compaction_interval=0,
+            event_ttl=1.0,
+        )
+    )
+    await server.start()
+    api = ApiClient([f"127.0.0.1:{server.port}"], timeout=10)
+    try:
+        await asyncio.wait_for(server.ready.wait(), 30)
+        old = o.event("old.1")
+        old["lastTimestamp"] = "2020-01-01T00:00:00Z"
+        await api.create("events", old)
+        fresh = o.event("fresh.1")
+        fresh["lastTimestamp"] = rfc3339(time.time() + 3600)
+        await api.create("events", fresh)
+        await wait_gone(api, "events", "old.1")
+        assert (await api.get("events", "fresh.1"))["reason"] == "Scheduled"
+    finally:
+        await api.close()
+        await server.stop(grace=0)
