@@ -1,0 +1,138 @@
+"""The last steps before a container's process image replaces ours.
+
+container_init runs in the child the shim forks (already inside the container's PID
+namespace when it has one): it joins the Pod's namespaces and the container's cgroups,
+builds the file system view (rootfs.build), and drops privileges. exec helpers share
+drop_privileges and exec_process. Errors are written to the start pipe as one line of
+text and the process exits 127; a successful execve closes the pipe (it is close-on-exec),
+which is how the shim learns that the container started.
+
+The privilege drop follows the order the kernel needs: the capability bounding set first
+(needs CAP_SETPCAP), then groups, gid and uid, then the remaining sets (inheritable and
+ambient cleared, so that no capability comes back through a file's inheritable set),
+then no_new_privs, then the seccomp seam.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import termios
+from typing import NoReturn
+
+from kubelet.runtime import _libc as libc
+from kubelet.runtime import caps, rootfs
+from kubelet.runtime.paths import ensure_beneath
+from kubelet.runtime.spec import LaunchSpec, ProcessSpec
+
+NS_FLAGS = {
+    "net": libc.CLONE_NEWNET,
+    "uts": libc.CLONE_NEWUTS,
+    "ipc": libc.CLONE_NEWIPC,
+    "pid": libc.CLONE_NEWPID,
+    "mnt": libc.CLONE_NEWNS,
+    "cgroup": libc.CLONE_NEWCGROUP,
+}
+
+
+def container_init(spec: LaunchSpec, stdio: tuple[int, int, int], start_w: int) -> NoReturn:
+    try:
+        _prepare(spec, stdio)
+        exec_process(spec.process)
+    except BaseException as exc:  # noqa: BLE001 - everything must reach the shim
+        _report(start_w, exc)
+    os._exit(127)
+
+
+def _report(start_w: int, exc: BaseException) -> None:
+    text = str(exc) or type(exc).__name__
+    try:
+        os.write(start_w, text.encode(errors="replace")[:4000])
+    except OSError:
+        pass
+
+
+def _prepare(spec: LaunchSpec, stdio: tuple[int, int, int]) -> None:
+    for target, fd in enumerate(stdio):
+        os.dup2(fd, target)
+    for kind, path in spec.join_namespaces:
+        if kind != "pid":  # the shim joined or created the PID namespace before forking us
+            join_namespace(kind, path)
+    for procs in spec.cgroup_procs:
+        _write(procs, "0")
+    if spec.oom_score_adj is not None:
+        _write("/proc/self/oom_score_adj", str(spec.oom_score_adj))
+    libc.unshare(libc.CLONE_NEWNS | libc.CLONE_NEWCGROUP)
+    rootfs.build(spec)
+    enter_cwd(spec.process.cwd)
+    if spec.tty:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    drop_privileges(spec.process)
+
+
+def join_namespace(kind: str, path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        libc.setns(fd, NS_FLAGS[kind])
+    except OSError as exc:
+        raise OSError(exc.errno, f"failed to join {kind} namespace {path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+
+
+def _write(path: str, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    except OSError as exc:
+        raise OSError(exc.errno, f"failed to write {value} to {path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+
+
+def enter_cwd(cwd: str) -> None:
+    # Container runtimes create a missing working directory rather than fail.
+    try:
+        os.chdir(cwd)
+    except FileNotFoundError:
+        os.chdir(ensure_beneath("/", cwd, directory=True))
+
+
+def drop_privileges(process: ProcessSpec) -> None:
+    keep = caps.mask(frozenset(process.capabilities))
+    for number in range(caps.last_cap() + 1):
+        if not keep & (1 << number):
+            libc.prctl(libc.PR_CAPBSET_DROP, number)
+    os.setgroups(list(process.groups))
+    os.setresgid(process.gid, process.gid, process.gid)
+    os.setresuid(process.uid, process.uid, process.uid)
+    effective, permitted, _ = libc.capget()
+    libc.capset(effective & keep, permitted & keep, 0)
+    libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
+    if process.no_new_privs:
+        libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+    apply_seccomp(process.seccomp_profile)
+
+
+def apply_seccomp(profile: str | None) -> None:
+    """The seccomp seam: the runtime refuses any profile but Unconfined at create time.
+
+    TODO: load the RuntimeDefault filter here (issue 7, through libseccomp's bindings);
+    until then containers run without a seccomp filter, so system calls such as keyctl or
+    kexec_load are refused only by the missing capabilities, not by a filter.
+    """
+    if profile not in (None, "Unconfined"):
+        raise OSError(f"seccomp profile {profile!r} is not supported yet")
+
+
+def exec_process(process: ProcessSpec) -> NoReturn:
+    env = dict(item.split("=", 1) if "=" in item else (item, "") for item in process.env)
+    program = process.argv[0]
+    try:
+        os.execvpe(program, list(process.argv), env)
+    except FileNotFoundError:
+        where = "" if "/" in program else " in $PATH"
+        raise OSError(f'exec "{program}": executable file not found{where}') from None
+    except OSError as exc:
+        raise OSError(f'exec "{program}": {exc.strerror}') from None
