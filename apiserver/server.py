@@ -18,9 +18,10 @@ from apiserver.garbagecollector import GarbageCollector
 from apiserver.registry import SYSTEM_NAMESPACES, Registry
 from apiserver.service import SERVICE_NAME, ObjectService
 from apiserver.store import EtcdStore, Store, StoreError
+from apiserver.streams import StreamService
 from apiserver.watchcache import WatchCache
 from machinery import errors, kinds
-from machinery.api import api_pb2
+from machinery.api import api_pb2, streams_pb2, streams_pb2_grpc
 from machinery.clock import Clock, RealClock, parse_rfc3339
 from machinery.log import get_logger
 
@@ -67,6 +68,7 @@ class ApiServer:
         self._service = ObjectService(
             self.registry, self.caches, bookmark_interval=config.bookmark_interval
         )
+        self._streams = StreamService(self.registry)
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -82,10 +84,12 @@ class ApiServer:
             ]
         )
         server.add_generic_rpc_handlers((self._service.handler(),))
+        streams_pb2_grpc.add_StreamsServicer_to_server(self._streams, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
                 api_pb2.DESCRIPTOR.services_by_name["Objects"].full_name,
+                streams_pb2.DESCRIPTOR.services_by_name["Streams"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -197,6 +201,7 @@ class ApiServer:
             await cache.stop()
         if self._server is not None:
             await self._server.stop(grace)
+        await self._streams.close()
         await self.store.close()
         log.info("API server stopped")
 
