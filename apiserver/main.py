@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds between watch bookmarks (default: %(default)s)",
     )
     parser.add_argument(
+        "--event-ttl", type=float, default=3600.0, help="seconds Events are kept (default: %(default)s)"
+    )
+    parser.add_argument(
         "--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default: INFO)"
     )
     return parser.parse_args(argv)

@@ -469,3 +469,10 @@ async def test_events_expire_after_their_ttl(etcd, etcd_prefix) -> None:
     finally:
         await api.close()
         await server.stop(grace=0)
+
+
+def test_apiserver_command_line_parses_every_flag() -> None:
+    from apiserver.main import parse_args
+
+    args = parse_args(["--etcd-servers=a:1,b:2", "--event-ttl=5", "--compaction-interval=0"])
+    assert (args.etcd_servers, args.event_ttl, args.compaction_interval) == ("a:1,b:2", 5.0, 0.0)
