@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from apiserver import codec
 from apiserver import store as st
 from apiserver.watchcache import WatchCache
 from machinery import defaults, errors, kinds, validation
@@ -94,25 +95,20 @@ class Registry:
         return f"{self.prefix}/{kind.resource}/{name}"
 
     def _encode(self, kind: Kind, obj: dict[str, Any]) -> bytes:
-        meta = obj["metadata"]
-        version = meta.pop("resourceVersion", None)
-        data = json.dumps(obj, separators=(",", ":")).encode()
-        if version is not None:
-            meta["resourceVersion"] = version
+        data = codec.encode(obj)
         if len(data) > self._max_bytes:
+            name = obj["metadata"].get("name", "")
             raise errors.TooLarge(
-                f'{kind.kind} "{meta.get("name", "")}" is too large: {len(data)} bytes '
+                f'{kind.kind} "{name}" is too large: {len(data)} bytes '
                 f"exceeds the limit of {self._max_bytes} bytes",
                 kind=kind.kind,
-                name=meta.get("name", ""),
+                name=name,
             )
         return data
 
     @staticmethod
     def _decode(kv: st.KeyValue) -> dict[str, Any]:
-        obj = json.loads(kv.value)
-        obj["metadata"]["resourceVersion"] = str(kv.mod_revision)
-        return obj
+        return codec.decode(kv.value, kv.mod_revision)
 
     def _not_found(self, kind: Kind, name: str) -> errors.NotFound:
         return errors.NotFound(f'{kind.resource} "{name}" not found', kind=kind.kind, name=name)
@@ -329,7 +325,7 @@ class Registry:
             for kv in page.items:
                 obj = self._decode(kv)
                 if _matches(obj, labels, fields):
-                    items.append(json.dumps(obj).encode())
+                    items.append(codec.with_version(kv.value, kv.mod_revision))
             more = page.more
             if not more or not page.items:
                 break

@@ -91,7 +91,7 @@ class ListResult:
 @dataclasses.dataclass(frozen=True, slots=True)
 class StoreEvent:
     kind: str  # "put" or "delete"
-    kv: KeyValue  # for a delete: the previous value, with mod_revision = the delete's revision
+    kv: KeyValue  # for a delete: no value, and mod_revision = the delete's revision
     created: bool  # a put that created the key
 
 
@@ -309,7 +309,6 @@ class EtcdStore:
                 key=p,
                 range_end=prefix_end(p),
                 start_revision=start_revision,
-                prev_kv=True,
                 progress_notify=True,
             )
         )
@@ -343,10 +342,8 @@ class EtcdStore:
     @staticmethod
     def _event(event: rpc.Event) -> StoreEvent:
         if event.type == rpc.Event.DELETE:
-            prev = event.prev_kv
-            kv = KeyValue(
-                event.kv.key.decode(), prev.value, event.kv.mod_revision, prev.create_revision
-            )
+            # No previous value: the watcher keeps the last state it saw itself.
+            kv = KeyValue(event.kv.key.decode(), b"", event.kv.mod_revision, 0)
             return StoreEvent("delete", kv, False)
         kv = _kv(event.kv)
         return StoreEvent("put", kv, kv.create_revision == kv.mod_revision)

@@ -26,6 +26,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from apiserver import codec
 from apiserver.store import Compacted, Store, StoreError, WatchBatch
 from machinery import errors
 from machinery.api import api_pb2
@@ -251,9 +252,9 @@ class WatchCache:
             page = await self._store.list(self._prefix, revision=revision, limit=5000, start=start)
             revision = revision or page.revision
             for kv in page.items:
-                obj = json.loads(kv.value)
-                obj["metadata"]["resourceVersion"] = str(kv.mod_revision)
-                objects[kv.key] = Cached(kv.key, obj, json.dumps(obj).encode(), kv.mod_revision)
+                obj = codec.decode(kv.value, kv.mod_revision)
+                raw = codec.with_version(kv.value, kv.mod_revision)
+                objects[kv.key] = Cached(kv.key, obj, raw, kv.mod_revision)
             if not page.more:
                 break
             start = page.items[-1].key + "\0"
@@ -274,13 +275,23 @@ class WatchCache:
         for change in batch.events:
             kv = change.kv
             previous = self._objects.get(kv.key)
-            obj = json.loads(kv.value)
-            obj["metadata"]["resourceVersion"] = str(kv.mod_revision)
-            current = Cached(kv.key, obj, json.dumps(obj).encode(), kv.mod_revision)
             if change.kind == "delete":
-                self._objects.pop(kv.key, None)
+                if previous is None:
+                    log.warning("delete of an object the cache never saw", key=kv.key)
+                    self.revision = kv.mod_revision
+                    continue
+                # The final state is the last one seen, at the revision of the delete.
+                del self._objects[kv.key]
+                obj = dict(previous.obj)
+                obj["metadata"] = {**obj["metadata"], "resourceVersion": str(kv.mod_revision)}
+                raw = json.dumps(obj).encode()
+                current = Cached(kv.key, obj, raw, kv.mod_revision)
                 event = CacheEvent(DELETED, current, previous, kv.mod_revision)
             else:
+                obj = codec.decode(kv.value, kv.mod_revision)
+                current = Cached(
+                    kv.key, obj, codec.with_version(kv.value, kv.mod_revision), kv.mod_revision
+                )
                 self._objects[kv.key] = current
                 kind = ADDED if change.created or previous is None else MODIFIED
                 event = CacheEvent(kind, current, previous, kv.mod_revision)
