@@ -26,8 +26,8 @@ walk, which lists every failure rather than the first. Both read the same
 schema, and tests check that they agree.
 
 Invariants of the result: every failing field is reported; no two causes are
-equal; a field already rejected by the schema gets no second cause from the
-Python layer; causes are ordered by field path (list indexes numerically) so
+equal; a field already rejected by the schema (or one inside it) gets no second
+cause from the Python layer; causes are ordered by field path (list indexes numerically) so
 the same object always gives the same text.
 """
 
@@ -67,6 +67,8 @@ CONFIGMAP_MAX_BYTES = 1024 * 1024
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
 _Obj = dict[str, Any]
+# Bound of each memo of a pure string rule or quantity parse (see labels._CACHE_SIZE).
+_CACHE_SIZE = 8192
 
 
 # -- the collector ---------------------------------------------------------------------------
@@ -163,9 +165,13 @@ def validate_update(old: _Obj, new: _Obj) -> list[Cause]:
 
 def _finish(semantic: list[Cause], schema: list[Cause]) -> list[Cause]:
     faulted = {c.field for c in schema}
+
+    def inside_faulted(field: str) -> bool:
+        return any(field == f or field.startswith((f + ".", f + "[")) for f in faulted if f)
+
     seen: set[tuple[str, str]] = set()
     out: list[Cause] = []
-    for cause in [*schema, *(c for c in semantic if c.field not in faulted)]:
+    for cause in [*schema, *(c for c in semantic if not inside_faulted(c.field))]:
         if (cause.field, cause.message) not in seen:
             seen.add((cause.field, cause.message))
             out.append(cause)
@@ -343,6 +349,7 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def _ip_problem(value: str) -> str | None:
     try:
         ip = ipaddress.ip_address(value)
@@ -354,6 +361,7 @@ def _ip_problem(value: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def _cidr_problem(value: str) -> str | None:
     try:
         if "/" not in value:
@@ -364,6 +372,7 @@ def _cidr_problem(value: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def _relative_path_problem(value: str) -> str | None:
     if value.startswith("/"):
         return "must be a relative path"
@@ -401,7 +410,9 @@ _STANDARD_FINALIZERS = frozenset({"kubernetes", "orphan", "foregroundDeletion"})
 
 
 def _check_metadata(obj: _Obj, errs: Errors, kind: kinds.Kind) -> None:
-    meta = _dict(obj.get("metadata"))
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        return  # the schema reports it missing or of the wrong type
     rule = _NAME_RULES.get(kind.kind, labels.validate_dns1123_subdomain)
     name = meta.get("name")
     if not name:
@@ -541,11 +552,18 @@ _QUANTITY_HINT = "must be a quantity such as 500m, 1.5, 128Mi or 1G"
 _CONTAINER_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage"})
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE, typed=True)  # typed: True is not the quantity 1
+def _parse_quantity(value: str | int | float) -> Fraction | None:
+    try:
+        return quantity.parse_quantity(value)
+    except quantity.QuantityError:
+        return None
+
+
 def _quantity(value: Any, path: str, errs: Errors) -> Fraction | None:
     """The value of a quantity field, or None after recording why it is not one."""
-    try:
-        amount = quantity.parse_quantity(value)
-    except quantity.QuantityError:
+    amount = _parse_quantity(value) if isinstance(value, str | int | float) else None
+    if amount is None:
         errs.invalid(path, value, _QUANTITY_HINT)
         return None
     if amount < 0:
@@ -596,6 +614,7 @@ def _check_resources(value: Any, path: str, errs: Errors) -> None:
 # -- ports -----------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def _port_name_problem(name: str) -> str | None:
     """IANA_SVC_NAME: how container ports are named and referred to by name."""
     problems = []
@@ -626,7 +645,8 @@ def _check_port_reference(value: Any, path: str, errs: Errors) -> None:
 _VOLUME_SOURCES = ("emptyDir", "hostPath", "configMap", "secret", "downwardAPI", "projected")
 _PROBE_HANDLERS = ("exec", "httpGet", "tcpSocket", "grpc")
 _LIFECYCLE_HANDLERS = ("exec", "httpGet", "tcpSocket", "sleep")
-_FIELD_REF_PATHS = (
+# The Pod fields an env var (and a downwardAPI volume file) may name with fieldRef.
+_ENV_FIELD_PATHS = (
     "metadata.name",
     "metadata.namespace",
     "metadata.uid",
@@ -636,6 +656,13 @@ _FIELD_REF_PATHS = (
     "status.hostIPs",
     "status.podIP",
     "status.podIPs",
+)
+_FILE_FIELD_PATHS = (
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "metadata.labels",
+    "metadata.annotations",
 )
 _FIELD_REF_MAPS = re.compile(r"metadata\.(labels|annotations)\['[^']+'\]")
 _RESOURCE_REF = re.compile(r"(limits|requests)\.(cpu|memory|ephemeral-storage|hugepages-.+)")
@@ -775,7 +802,9 @@ def _check_downward_files(value: Any, path: str, errs: Errors) -> None:
         if len(refs) != 1:
             errs.invalid(p, refs, "must specify exactly one of `fieldRef` and `resourceFieldRef`")
         if "fieldRef" in item:
-            _check_field_ref(_dict(item["fieldRef"]), f"{p}.fieldRef", errs)
+            _check_field_ref(
+                _dict(item["fieldRef"]), f"{p}.fieldRef", errs, allowed=_FILE_FIELD_PATHS
+            )
 
 
 def _check_container(
@@ -849,6 +878,7 @@ def _check_host_ports(containers: Any, path: str, errs: Errors) -> None:
             taken.add(key)
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def _env_name_problem(name: str) -> str | None:
     if all(" " <= ch <= "~" and ch != "=" for ch in name):
         return None
@@ -891,7 +921,9 @@ def _check_env_source(source: _Obj, path: str, errs: Errors) -> None:
     elif len(refs) > 1:
         errs.invalid(path, refs, "may not have more than one field specified at a time")
     if "fieldRef" in source:
-        _check_field_ref(_dict(source["fieldRef"]), f"{path}.fieldRef", errs)
+        _check_field_ref(
+            _dict(source["fieldRef"]), f"{path}.fieldRef", errs, allowed=_ENV_FIELD_PATHS
+        )
     if "resourceFieldRef" in source:
         resource = _dict(source["resourceFieldRef"]).get("resource")
         if isinstance(resource, str) and not _RESOURCE_REF.fullmatch(resource):
@@ -912,22 +944,18 @@ def _check_env_source(source: _Obj, path: str, errs: Errors) -> None:
             _check_required_str(errs, f"{p}.key", selector.get("key"), _config_key_problem)
 
 
-def _check_field_ref(ref: _Obj, path: str, errs: Errors) -> None:
+def _check_field_ref(ref: _Obj, path: str, errs: Errors, *, allowed: tuple[str, ...]) -> None:
     version = ref.get("apiVersion")
     if isinstance(version, str) and version not in ("", "v1"):
         errs.not_supported(f"{path}.apiVersion", version, ["v1"])
     field = ref.get("fieldPath")
     if field == "":
         errs.required(f"{path}.fieldPath")
-    elif (
-        isinstance(field, str)
-        and field not in _FIELD_REF_PATHS
-        and not _FIELD_REF_MAPS.fullmatch(field)
-    ):
+    elif isinstance(field, str) and field not in allowed and not _FIELD_REF_MAPS.fullmatch(field):
         errs.not_supported(
             f"{path}.fieldPath",
             field,
-            [*_FIELD_REF_PATHS, "metadata.labels['<KEY>']", "metadata.annotations['<KEY>']"],
+            [*allowed, "metadata.labels['<KEY>']", "metadata.annotations['<KEY>']"],
         )
 
 
@@ -1337,6 +1365,7 @@ def _check_endpoints(obj: _Obj, errs: Errors, kind: kinds.Kind) -> None:
                 names.add(name)
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def _config_key_problem(key: str) -> str | None:
     problems = []
     if len(key) > 253:
