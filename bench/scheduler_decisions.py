@@ -3,7 +3,8 @@
     .venv/bin/python bench/scheduler_decisions.py --nodes 5000 --placed 1000 --pods 2000
 
 Builds a cache of N hollow-shaped Nodes with `--placed` Pods already bound,
-then schedules `--pods` new Pods of one ReplicaSet, each as the loop does it:
+then schedules `--pods` new Pods (of one ReplicaSet, or cycling through
+`--owners` of them), each as the loop does it:
 update the snapshot, schedule_one, assume. Parsing each Pod (PodInfo.of) is
 timed too, since the informer does it once per Pod. `--profile` prints the
 hottest functions. The last line is one JSON object.
@@ -79,9 +80,10 @@ def run(args: argparse.Namespace) -> dict:
         Framework(default_plugins()),
         rng=random.Random(1),
         percentage_of_nodes_to_score=args.percentage,
+        memoize=not args.no_memo,
     )
     snapshot = cache.update_snapshot(Snapshot())
-    raw = [pod(f"new-{i}", "web") for i in range(args.pods)]
+    raw = [pod(f"new-{i}", f"web-{i % args.owners}") for i in range(args.pods)]
 
     started = time.perf_counter()
     infos = [PodInfo.of(p) for p in raw]
@@ -108,6 +110,8 @@ def run(args: argparse.Namespace) -> dict:
         "pods": args.pods,
         "scheduled": placed,
         "percentage_of_nodes_to_score": args.percentage,
+        "owners": args.owners,
+        "memoize": not args.no_memo,
         "decisions_per_s": round(args.pods / elapsed, 1),
         "mean_ms": round(1000 * elapsed / args.pods, 3),
         "p50_ms": round(1000 * latencies[len(latencies) // 2], 3),
@@ -123,6 +127,8 @@ def main() -> None:
     parser.add_argument("--placed", type=int, default=1000)
     parser.add_argument("--pods", type=int, default=2000)
     parser.add_argument("--percentage", type=int, default=0, help="0 = adaptive")
+    parser.add_argument("--owners", type=int, default=1, help="ReplicaSets the Pods cycle through")
+    parser.add_argument("--no-memo", action="store_true", help="re-run every plugin every time")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     if args.profile:

@@ -39,6 +39,7 @@ import dataclasses
 import itertools
 import random
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from scheduler.framework import (
     MAX_NODE_SCORE,
@@ -57,8 +58,11 @@ from scheduler.framework import (
 from scheduler.podinfo import PodInfo
 
 MIN_FEASIBLE_NODES_TO_FIND = 100
-MEMO_ENTRIES_PER_NODE = 16  # distinct Pod signatures remembered per node
+MEMO_ENTRIES_PER_NODE = 32  # distinct Pod signatures remembered per node, oldest out first
 MAX_SIGNATURES = 10_000  # interned signatures before the table starts over
+
+# (weighted sum of the memoised plugins without normalize, raw scores of those with it)
+ScoreEntry = tuple[int, tuple[int, ...]]
 
 # Shared by every Algorithm, so two profiles scheduling over one snapshot never read
 # each other's remembered answers.
@@ -261,30 +265,27 @@ class Algorithm:
 
         # Remembered answers, computed for the nodes that changed.
         totals = [0] * len(nodes)
-        if remembered:
-            entries = [node_info.score_memo.get(sid) for node_info in nodes]  # type: ignore[arg-type]
-            if None in entries:
-                for i, entry in enumerate(entries):
-                    if entry is None:
-                        entry = _score_entry(state, pod, nodes[i], direct, raw)
-                        if isinstance(entry, Status):
-                            return entry
-                        entries[i] = entry
-                        _remember(nodes[i].score_memo, sid, entry)  # type: ignore[arg-type]
+        if sid is not None and remembered:
+            entries = _score_entries(state, pod, nodes, sid, direct, raw)
+            if isinstance(entries, Status):
+                return entries
             totals = [entry[0] for entry in entries]
             for k, plugin in enumerate(raw):
-                scores = [entry[1][k] for entry in entries]
-                totals = self._add_normalized(state, pod, plugin, scores, totals)
-                if isinstance(totals, Status):
-                    return totals
+                added = self._add_normalized(
+                    state, pod, plugin, [entry[1][k] for entry in entries], totals
+                )
+                if isinstance(added, Status):
+                    return added
+                totals = added
 
         # Plugins whose answers depend on more than one node run every time.
         for plugin in live:
             score = plugin.score
             scores = [score(state, pod, node_info) for node_info in nodes]
-            totals = self._add_normalized(state, pod, plugin, scores, totals)
-            if isinstance(totals, Status):
-                return totals
+            added = self._add_normalized(state, pod, plugin, scores, totals)
+            if isinstance(added, Status):
+                return added
+            totals = added
         return totals
 
     def _add_normalized(
@@ -324,18 +325,18 @@ class Algorithm:
 
 
 def _run_filters(
-    filters: Sequence[object], state: CycleState, pod: PodInfo, node_info: NodeInfo
+    filters: Sequence[Any], state: CycleState, pod: PodInfo, node_info: NodeInfo
 ) -> Status:
     """The first rejection (or Error) among `filters`, else the SUCCESS constant."""
     for check in filters:
-        status = check(state, pod, node_info)  # type: ignore[operator]
+        status = check(state, pod, node_info)
         if status is not SUCCESS and status.code is not Code.SUCCESS:
             return status
     return SUCCESS
 
 
 def _answers(
-    filters: Sequence[object],
+    filters: Sequence[Any],
     state: CycleState,
     pod: PodInfo,
     run: Sequence[NodeInfo],
@@ -346,16 +347,42 @@ def _answers(
         answers = [_run_filters(filters, state, pod, node_info) for node_info in run]
         failed = next((a for a in answers if a.code is Code.ERROR), None)
         return failed if failed is not None else answers
-    answers = [node_info.filter_memo.get(memo_key) for node_info in run]
-    if None not in answers:  # Status compares by identity, so this scan stays in C
-        return answers  # type: ignore[return-value]
-    for i, answer in enumerate(answers):
+    remembered = [node_info.filter_memo.get(memo_key) for node_info in run]
+    if None not in remembered:  # Status compares by identity, so this scan stays in C
+        return remembered  # type: ignore[return-value]
+    fresh: list[Status] = []
+    for node_info, answer in zip(run, remembered, strict=True):
         if answer is None:
-            answer = answers[i] = _run_filters(filters, state, pod, run[i])
+            answer = _run_filters(filters, state, pod, node_info)
             if answer.code is Code.ERROR:
                 return answer
-            _remember(run[i].filter_memo, memo_key, answer)
-    return answers  # type: ignore[return-value]
+            _remember(node_info.filter_memo, memo_key, answer)
+        fresh.append(answer)
+    return fresh
+
+
+def _score_entries(
+    state: CycleState,
+    pod: PodInfo,
+    nodes: Sequence[NodeInfo],
+    sid: int,
+    direct: Sequence[ScorePlugin],
+    raw: Sequence[ScorePlugin],
+) -> list[ScoreEntry] | Status:
+    """The remembered score entry of each node, computing the missing ones."""
+    remembered = [node_info.score_memo.get(sid) for node_info in nodes]
+    if None not in remembered:
+        return remembered  # type: ignore[return-value]
+    entries: list[ScoreEntry] = []
+    for node_info, entry in zip(nodes, remembered, strict=True):
+        if entry is None:
+            computed = _score_entry(state, pod, node_info, direct, raw)
+            if isinstance(computed, Status):
+                return computed
+            _remember(node_info.score_memo, sid, computed)
+            entry = computed
+        entries.append(entry)
+    return entries
 
 
 def _score_entry(
@@ -364,7 +391,7 @@ def _score_entry(
     node_info: NodeInfo,
     direct: Sequence[ScorePlugin],
     raw: Sequence[ScorePlugin],
-) -> tuple[int, tuple[int, ...]] | Status:
+) -> ScoreEntry | Status:
     """(weighted sum of the plugins without normalize, raw scores of those with it)."""
     weighted = 0
     for plugin in direct:
@@ -375,7 +402,7 @@ def _score_entry(
     return weighted, tuple(plugin.score(state, pod, node_info) for plugin in raw)
 
 
-def _remember(memo: dict, key: int, value: object) -> None:
+def _remember(memo: dict[int, Any], key: int, value: Any) -> None:
     if len(memo) >= MEMO_ENTRIES_PER_NODE:
-        memo.clear()
+        del memo[next(iter(memo))]  # dicts keep insertion order: this is the oldest
     memo[key] = value

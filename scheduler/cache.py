@@ -35,7 +35,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from machinery.clock import Clock
-from scheduler.framework import NodeInfo, NodeName
+from scheduler.framework import NodeInfo, NodeName, scheduling_view
 from scheduler.podinfo import PodInfo, PodUID
 
 DEFAULT_ASSUMED_TTL = 30.0
@@ -98,6 +98,11 @@ class Cache:
             info = self._nodes[name] = NodeInfo(name=name)
         if info.node is None:
             self._node_set_generation += 1
+        elif scheduling_view(info.node) == scheduling_view(node):
+            # A heartbeat or another change no filter reads: keep the parse, the
+            # snapshot copy and every remembered plugin answer.
+            info.node = node
+            return info
         info.set_node(node)
         self._touch(info)
         return info

@@ -54,6 +54,8 @@ class Decision:
     @property
     def message(self) -> str:
         """For the FailedScheduling Event and the PodScheduled condition."""
+        if self.skipped:
+            return f"skipped scheduling pod {self.pod.key}: it is being deleted"
         if self.result.fit_error is not None:
             return self.result.fit_error.message
         if self.result.error is not None:
@@ -127,7 +129,12 @@ class SchedulerCore:
 
     def bind_failed(self, decision: Decision) -> None:
         """Roll the assumption back and retry the Pod after its back-off."""
-        self.cache.forget_pod(decision.pod.uid)
+        uid = decision.pod.uid
+        if not self.cache.is_assumed(uid):
+            # The watch already showed it bound (the request failed late) or it was deleted.
+            self.queue.done(uid)
+            return
+        self.cache.forget_pod(uid)
         self.queue.add_unschedulable_if_not_present(decision.queued)
         # What this Pod held on the node is free again; Pods waiting for room may fit.
         self.queue.move_all_to_active_or_backoff(ASSIGNED_POD_DELETE)

@@ -411,6 +411,21 @@ def _parse_amount(resource: str, value: Any) -> int:
     return podinfo._parse(resource, value)
 
 
+def scheduling_view(node: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The parts of a Node object that NodeInfo reads; equal views parse the same."""
+    meta, spec = node.get("metadata") or {}, node.get("spec") or {}
+    status = node.get("status") or {}
+    ready = [c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"]
+    return (
+        meta.get("name"),
+        meta.get("labels"),
+        bool(spec.get("unschedulable")),
+        spec.get("taints"),
+        status.get("allocatable") or status.get("capacity"),
+        ready[:1],
+    )
+
+
 def _readiness(conditions: Iterable[Mapping[str, Any]]) -> tuple[bool, Taint | None]:
     """(ready, the taint Kubernetes would put on the node for its readiness, or None)."""
     for condition in conditions:

@@ -5,9 +5,9 @@ requirements ANDed together, over node labels (matchExpressions) or node
 fields (matchFields, of which only `metadata.name` exists). A term with no
 requirements matches no node, as in Kubernetes.
 
-Label selectors elsewhere in kubelite know In/NotIn/Exists/DoesNotExist; node
-selectors also have Gt and Lt, which compare a label's value as an integer.
-That is why the scheduler keeps its own small matcher here.
+Matching is machinery.labels' (its Requirement knows Gt and Lt, which compare
+a label's value as an integer); what is added here is the node selector's
+shape, matchFields, and validation worded with each field's path.
 
 Compilation never raises: a malformed requirement is reported as an error
 string naming its field path, and the caller turns it into a status.
@@ -19,36 +19,19 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt")
+from machinery.labels import Operator, Requirement
+
+_OPERATORS = {
+    "In": Operator.IN,
+    "NotIn": Operator.NOT_IN,
+    "Exists": Operator.EXISTS,
+    "DoesNotExist": Operator.DOES_NOT_EXIST,
+    "Gt": Operator.GREATER_THAN,
+    "Lt": Operator.LESS_THAN,
+}
+OPERATORS = tuple(_OPERATORS)
 FIELD_OPERATORS = ("In", "NotIn")
 NODE_NAME_FIELD = "metadata.name"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Requirement:
-    key: str
-    operator: str
-    values: frozenset[str] = frozenset()
-    number: int = 0  # the bound of Gt / Lt
-
-    def matches(self, value: str | None) -> bool:
-        """Whether a label (or field) whose value is `value` (None: absent) satisfies this."""
-        op = self.operator
-        if op == "In":
-            return value is not None and value in self.values
-        if op == "NotIn":
-            return value is None or value not in self.values
-        if op == "Exists":
-            return value is not None
-        if op == "DoesNotExist":
-            return value is None
-        if value is None:
-            return False
-        try:
-            actual = int(value)
-        except ValueError:
-            return False
-        return actual > self.number if op == "Gt" else actual < self.number
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,9 +43,12 @@ class Term:
         if not self.expressions and not self.fields:
             return False
         for req in self.expressions:
-            if not req.matches(labels.get(req.key)):
+            if not req.matches(labels):
                 return False
-        return all(req.matches(node_name) for req in self.fields)
+        if not self.fields:
+            return True
+        fields = {NODE_NAME_FIELD: node_name}
+        return all(req.matches(fields) for req in self.fields)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -151,8 +137,7 @@ def _requirement(raw: Any, path: str, errors: list[str], *, fields: bool) -> Req
     if problem:
         errors.append(f"{path}: {problem}")
         return None
-    number = int(values[0]) if op in ("Gt", "Lt") else 0
-    return Requirement(key, op, frozenset(values), number)
+    return Requirement(str(key), _OPERATORS[str(op)], tuple(values))
 
 
 def _requirement_problem(key: Any, op: Any, values: Any, *, fields: bool) -> str:

@@ -12,7 +12,7 @@ from machinery.clock import FakeClock
 from scheduler.algorithm import Algorithm, num_feasible_nodes_to_find
 from scheduler.cache import Cache, Snapshot
 from scheduler.framework import CycleState, Framework
-from scheduler.plugins import default_plugins
+from scheduler.plugins import LeastAllocated, NodeReady, default_plugins
 from scheduler.podinfo import PodInfo
 from tests.scheduler.builders import make_node, make_pod, toleration
 
@@ -298,3 +298,15 @@ def test_choice_has_the_best_total_of_every_feasible_node() -> None:
         totals = dict(zip((n.name for n in feasible), scores, strict=True))
         assert totals[result.node_name] == max(totals.values())
         cache.assume_pod(pod, result.node_name)
+
+
+@pytest.mark.parametrize(
+    ("plugins", "message"),
+    [
+        pytest.param(lambda: [NodeReady(), NodeReady()], "distinct names", id="duplicate-names"),
+        pytest.param(lambda: [LeastAllocated(weight=0)], "positive integer", id="zero-weight"),
+    ],
+)
+def test_framework_refuses_a_bad_plugin_list(plugins: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Framework(plugins())

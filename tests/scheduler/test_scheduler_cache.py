@@ -145,3 +145,18 @@ def test_snapshot_copies_only_changed_nodes_and_is_isolated() -> None:
     # Mutating the cache's node does not reach the snapshot's copy.
     cache.node_info("n7").pods.clear()
     assert len(snapshot.get("n7").pods) == 1
+
+
+def test_heartbeat_only_node_update_keeps_the_snapshot_and_remembered_answers() -> None:
+    cache, _ = cache_with_nodes("a")
+    snapshot = cache.update_snapshot(Snapshot())
+    info = snapshot.get("a")
+    info.filter_memo[1] = object()  # as the algorithm would leave it
+    heartbeat = make_node("a")
+    heartbeat["status"]["conditions"][0]["lastHeartbeatTime"] = "2026-01-01T00:00:00Z"
+    cache.update_node(heartbeat)
+    cache.update_snapshot(snapshot)
+    assert info.filter_memo, "an irrelevant change must not invalidate the node"
+    cache.update_node(make_node("a", labels={"disk": "ssd"}))
+    cache.update_snapshot(snapshot)
+    assert info.filter_memo == {} and info.labels["disk"] == "ssd"

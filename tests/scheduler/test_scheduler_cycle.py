@@ -133,3 +133,26 @@ def test_node_changes_names_what_changed() -> None:
         | Action.UPDATE_CONDITION
         | Action.UPDATE_UNSCHEDULABLE
     )
+
+
+def test_bind_reported_failed_after_the_watch_showed_it_bound_keeps_the_pod() -> None:
+    core, handlers, _ = new_scheduler()
+    handlers.on_node_add(make_node("a"))
+    pod = make_pod("web-1", cpu="1")
+    handlers.on_pod_add(pod)
+    decision = schedule_next(core)
+    handlers.on_pod_update(pod, bound_copy(pod, "a"))  # bound after all, e.g. a late timeout
+    core.bind_failed(decision)
+    assert core.cache.node_info("a").req_cpu == 1000
+    assert core.queue.where(decision.pod.uid) is None
+
+
+def test_pod_being_deleted_is_skipped_not_placed() -> None:
+    core, handlers, _ = new_scheduler()
+    handlers.on_node_add(make_node("a"))
+    pod = make_pod("leaving")
+    pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    handlers.on_pod_add(pod)
+    decision = schedule_next(core)
+    assert decision.skipped and decision.node_name is None
+    assert core.cache.pod_count() == 0 and core.queue.where(decision.pod.uid) is None
