@@ -48,7 +48,8 @@ class EventHandlers:
         if info.node_name:
             self._queue.delete(info.uid)
             self._cache.add_pod(info)
-        elif self._pending_for_us(info):
+        elif self._pending_for_us(info) and not self._cache.is_assumed(info.uid):
+            # (An assumed Pod seen again on a re-list is being bound by us already.)
             self._queue.add(info)
 
     def on_pod_update(self, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:

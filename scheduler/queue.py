@@ -95,8 +95,8 @@ class SchedulingQueue:
     # Pods arriving and changing ------------------------------------------------------
 
     def add(self, pod: PodInfo) -> None:
-        """A new pending Pod; an already known one is updated instead."""
-        if self._find(pod.uid) is not None:
+        """A new pending Pod; an already known one (a re-list repeats adds) is updated."""
+        if self._find(pod.uid) is not None or pod.uid in self._in_flight:
             self.update(pod)
             return
         now = self._clock.monotonic()

@@ -156,3 +156,17 @@ def test_pod_being_deleted_is_skipped_not_placed() -> None:
     decision = schedule_next(core)
     assert decision.skipped and decision.node_name is None
     assert core.cache.pod_count() == 0 and core.queue.where(decision.pod.uid) is None
+
+
+def test_relisted_pod_is_not_scheduled_twice() -> None:
+    core, handlers, _ = new_scheduler()
+    handlers.on_node_add(make_node("a"))
+    pod = make_pod("web-1", cpu="1")
+    handlers.on_pod_add(pod)
+    queued = core.queue.pop_nowait()
+    handlers.on_pod_add(pod)  # the informer re-lists while the Pod is being scheduled
+    assert core.queue.pop_nowait() is None
+    decision = core.schedule(queued)
+    handlers.on_pod_add(pod)  # and again while it is being bound
+    assert core.queue.pop_nowait() is None
+    assert core.cache.is_assumed(decision.pod.uid)
