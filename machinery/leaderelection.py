@@ -139,3 +139,62 @@ class LeaderElector:
             self._log.debug("failed to create lease", err=err)
             return False
         return True
+
+
+def add_flags(parser: Any, *, default_lease: str) -> None:
+    """The leader election flags every HA component takes."""
+    parser.add_argument(
+        "--leader-elect",
+        default="true",
+        choices=("true", "false"),
+        help="take a Lease before acting, for HA pairs (default: %(default)s)",
+    )
+    parser.add_argument("--leader-elect-lease-name", default=default_lease)
+    parser.add_argument("--leader-elect-lease-duration", type=float, default=15.0)
+    parser.add_argument("--leader-elect-renew-deadline", type=float, default=10.0)
+    parser.add_argument("--leader-elect-retry-period", type=float, default=2.0)
+
+
+async def run_component(client: ApiClient, args: Any, work: Callable[[], Awaitable[None]]) -> int:
+    """Run work (under the lease when --leader-elect) until SIGTERM/SIGINT or lost leadership.
+
+    0 after a signal, 1 when the work ended or the lease was lost: a supervisor
+    restarts the process, which then waits as a standby.
+    """
+    import os
+    import signal
+    import socket
+    import uuid
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    elector = None
+    if args.leader_elect == "true":
+        elector = LeaderElector(
+            client,
+            name=args.leader_elect_lease_name,
+            identity=f"{socket.gethostname()}_{os.getpid()}_{uuid.uuid4().hex[:6]}",
+            lease_duration=args.leader_elect_lease_duration,
+            renew_deadline=args.leader_elect_renew_deadline,
+            retry_period=args.leader_elect_retry_period,
+        )
+        task: asyncio.Task[None] = asyncio.create_task(elector.run(work))
+    else:
+        task = asyncio.create_task(work())
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    ended = task in done
+    for t in (task, stopping):
+        t.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    if elector is not None and not ended:
+        await elector.release()
+    await client.close()
+    if ended:
+        log.error("work ended or leadership was lost, exiting")
+        return 1
+    log.info("stopped on signal")
+    return 0
