@@ -45,7 +45,8 @@ def apply_defaults(obj: _Obj) -> None:
     if not isinstance(obj, dict):
         return
     _drop_nulls(obj)
-    kind = kinds.by_kind(obj.get("kind")) if isinstance(obj.get("kind"), str) else None
+    kind_name = obj.get("kind")
+    kind = kinds.by_kind(kind_name) if isinstance(kind_name, str) else None
     if kind is None:
         return
     meta = obj.get("metadata")

@@ -152,6 +152,8 @@ def validate_update(old: _Obj, new: _Obj) -> list[Cause]:
     compared as they are: the server copies them from `old` into `new` when an
     update omits them, as Kubernetes' registry does, before calling this.
     """
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return []  # validate(new) reports a non-object; a stored object is always one
     errs = Errors()
     kind = kinds.by_kind(str(new.get("kind")))
     if old.get("kind") != new.get("kind"):
@@ -307,7 +309,7 @@ def _translate(error: jsonschema.ValidationError, errs: Errors) -> None:
                 errs.unknown(_join(path, name))
     elif keyword == "type":
         wanted = expected if isinstance(expected, list) else [expected]
-        words = " or ".join(_TYPE_WORDS.get(t, t) for t in wanted if t != "null")
+        words = " or ".join(_TYPE_WORDS.get(t, str(t)) for t in wanted if t != "null")
         errs.type_invalid(path, value, f"must be {words}")
     elif keyword == "enum":
         errs.not_supported(path, value, expected)
