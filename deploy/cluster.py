@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,27 @@ from machinery import config, errors
 from machinery.client import ApiClient
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+PORTS = (
+    "etcd",
+    "etcd_peer",
+    "apiserver",
+    "apiserver_metrics",
+    "scheduler_metrics",
+    "controller_manager_metrics",
+)
+
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,10}$")
+
+
+def check_name(name: str) -> str:
+    """Cluster names become prefixes of interface and namespace names (15 bytes at most)."""
+    if not NAME_RE.match(name):
+        raise SystemExit(
+            f"error: invalid cluster name {name!r}: use 1-11 lowercase letters, digits or '-', "
+            "starting with a letter"
+        )
+    return name
 
 
 def state_root() -> pathlib.Path:
@@ -45,8 +67,14 @@ def load_or_create_layout(name: str, nodes: int) -> dict:
     path = state / "cluster.json"
     if path.exists():
         layout = json.loads(path.read_text())
-        if layout.get("nodes") != nodes:
-            layout["nodes"] = nodes
+        changed = layout.get("nodes") != nodes
+        layout["nodes"] = nodes
+        for port in PORTS:
+            if port not in layout["ports"]:
+                # A cluster made by an older checkout: give new components a port.
+                layout["ports"][port] = free_port()
+                changed = True
+        if changed:
             path.write_text(json.dumps(layout, indent=2))
         return layout
     state.mkdir(parents=True, exist_ok=True)
@@ -54,12 +82,7 @@ def load_or_create_layout(name: str, nodes: int) -> dict:
         "name": name,
         "root": str(ROOT),
         "nodes": nodes,
-        "ports": {
-            "etcd": free_port(),
-            "etcd_peer": free_port(),
-            "apiserver": free_port(),
-            "apiserver_metrics": free_port(),
-        },
+        "ports": {port: free_port() for port in PORTS},
     }
     path.write_text(json.dumps(layout, indent=2))
     return layout
@@ -111,7 +134,7 @@ async def wait_api(server: str, timeout: float) -> None:
 
 
 def up(args: argparse.Namespace) -> int:
-    name = args.name
+    name = check_name(args.name)
     layout = load_or_create_layout(name, args.nodes)
     server = f"127.0.0.1:{layout['ports']['apiserver']}"
     pid = supervisor_pid(name)
@@ -147,7 +170,7 @@ def report(name: str, layout: dict) -> None:
 
 
 def down(args: argparse.Namespace) -> int:
-    name = args.name
+    name = check_name(args.name)
     pid = supervisor_pid(name)
     if pid:
         os.kill(pid, signal.SIGTERM)

@@ -17,6 +17,8 @@ KUBELITE_APT_PACKAGES=(
   "conntrack:conntrack"
   "ip:iproute2"
   "tc:iproute2"
+  "skopeo:skopeo"
+  "openssl:openssl"
   "python3:python3"
 )
 

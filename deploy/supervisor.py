@@ -77,6 +77,16 @@ def components_for(state: pathlib.Path, layout: dict) -> list[Component]:
                 f"--metrics-port={ports['apiserver_metrics']}",
             ],
         ),
+        Component(
+            "scheduler",
+            [
+                python,
+                "-m",
+                "scheduler.main",
+                f"--server=127.0.0.1:{ports['apiserver']}",
+                f"--metrics-port={ports['scheduler_metrics']}",
+            ],
+        ),
     ]
     return result
 
