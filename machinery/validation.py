@@ -40,7 +40,7 @@ import functools
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -340,11 +340,11 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _dicts(value: Any) -> Iterator[tuple[int, _Obj]]:
+def _dicts(value: Any) -> list[tuple[int, _Obj]]:
     """(index, item) of the objects in a list; other items were rejected by the schema."""
-    for i, item in enumerate(_list(value)):
-        if isinstance(item, dict):
-            yield i, item
+    if not value or not isinstance(value, list):
+        return []  # the common case, an absent list: no generator to build
+    return [(i, item) for i, item in enumerate(value) if isinstance(item, dict)]
 
 
 def _str(value: Any) -> str | None:
@@ -568,7 +568,7 @@ def _quantity(value: Any, path: str, errs: Errors) -> Fraction | None:
     if amount is None:
         errs.invalid(path, value, _QUANTITY_HINT)
         return None
-    if amount < 0:
+    if amount.numerator < 0:
         errs.invalid(path, value, "must be greater than or equal to 0")
         return None
     return amount
