@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import random
 import re
 from typing import Any
 
 import fastjsonschema
+import jsonschema
 import pytest
 import yaml
 
@@ -576,6 +578,16 @@ def manifest(name: str) -> dict[str, Any]:
 def defaulted(obj: dict[str, Any]) -> dict[str, Any]:
     defaults.apply_defaults(obj)
     return obj
+
+
+@pytest.mark.parametrize("path", sorted(validation.SCHEMA_DIR.glob("*.json")), ids=lambda p: p.name)
+def test_schema_file_is_a_valid_json_schema(path: Any) -> None:
+    jsonschema.Draft202012Validator.check_schema(json.loads(path.read_text()))
+
+
+def test_every_kind_has_a_schema_file() -> None:
+    names = {p.stem for p in validation.SCHEMA_DIR.glob("*.json")}
+    assert names == {k.resource for k in kinds.KINDS} | {"common"}
 
 
 def test_every_kind_has_a_manifest() -> None:
