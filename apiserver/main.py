@@ -6,14 +6,29 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 
 from prometheus_client import start_http_server
 
 from apiserver.server import ApiServer, ServerConfig
+from apiserver.serviceip import DEFAULT_NODE_PORT_RANGE, DEFAULT_SERVICE_CIDR, IPRange, PortRange
 from machinery import log as logging_setup
 from machinery.log import get_logger
 
 log = get_logger("apiserver")
+
+
+def _checked(parse: Callable[[str], object]) -> Callable[[str], str]:
+    """An argparse type that refuses what parse refuses, with parse's message."""
+
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return text
+
+    return check
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,7 +76,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds between watch bookmarks (default: %(default)s)",
     )
     parser.add_argument(
-        "--event-ttl", type=float, default=3600.0, help="seconds Events are kept (default: %(default)s)"
+        "--event-ttl",
+        type=float,
+        default=3600.0,
+        help="seconds Events are kept (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--service-cluster-ip-range",
+        default=DEFAULT_SERVICE_CIDR,
+        type=_checked(IPRange),
+        help="CIDR Services' clusterIPs come from (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--service-node-port-range",
+        default=DEFAULT_NODE_PORT_RANGE,
+        type=_checked(PortRange),
+        help="LOW-HIGH range of Services' nodePorts (default: %(default)s)",
     )
     parser.add_argument(
         "--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default: INFO)"
@@ -78,6 +108,8 @@ async def run(args: argparse.Namespace) -> None:
         bookmark_interval=args.bookmark_interval,
         compaction_interval=args.compaction_interval,
         event_ttl=args.event_ttl,
+        service_cidr=args.service_cluster_ip_range,
+        node_port_range=args.service_node_port_range,
     )
     server = ApiServer(config)
     await server.start()

@@ -28,6 +28,7 @@ from typing import Any
 
 from apiserver import codec
 from apiserver import store as st
+from apiserver.serviceip import Allocation, Owner, ServiceAllocator
 from apiserver.watchcache import WatchCache
 from machinery import defaults, errors, kinds, validation
 from machinery.clock import Clock, RealClock, rfc3339
@@ -75,8 +76,12 @@ class Registry:
         caches: dict[str, WatchCache] | None = None,
         rng: random.Random | None = None,
         max_object_bytes: int = MAX_OBJECT_BYTES,
+        service_ips: ServiceAllocator | None = None,
     ) -> None:
         self._store = store
+        # Services get their clusterIP and nodePorts inside create and update, as in
+        # Kubernetes, so the Service a client gets back already has them.
+        self._service_ips = service_ips
         self.prefix = prefix.rstrip("/")
         self._clock = clock or RealClock()
         self._caches = caches or {}
@@ -153,30 +158,38 @@ class Registry:
         if kind.namespaced:
             await self._check_namespace_open(meta["namespace"])
         generated = not meta.get("name")
-        for _ in range(8):
-            if generated:
-                meta["name"] = meta["generateName"] + "".join(
-                    self._rng.choice(_SUFFIX_ALPHABET) for _ in range(5)
-                )
-            self._validate(kind, obj)
-            data = self._encode(kind, obj)
-            if dry_run:
-                return obj
-            key = self.key(kind, meta.get("namespace", ""), meta["name"])
-            try:
-                revision = await self._store.create(key, data)
-            except st.KeyExists:
+        allocation: Allocation | None = None
+        try:
+            for _ in range(8):
                 if generated:
-                    continue
-                raise errors.AlreadyExists(
-                    f'{kind.resource} "{meta["name"]}" already exists',
-                    kind=kind.kind,
-                    name=meta["name"],
-                ) from None
-            except st.StoreUnavailable as err:
-                raise errors.Unavailable(str(err)) from err
-            meta["resourceVersion"] = str(revision)
-            return obj
+                    meta["name"] = meta["generateName"] + "".join(
+                        self._rng.choice(_SUFFIX_ALPHABET) for _ in range(5)
+                    )
+                self._validate(kind, obj)
+                if allocation is None and kind.kind == "Service" and self._service_ips:
+                    allocation = await self._service_ips.allocate(obj, dry_run=dry_run)
+                data = self._encode(kind, obj)
+                if dry_run:
+                    return obj
+                key = self.key(kind, meta.get("namespace", ""), meta["name"])
+                try:
+                    revision = await self._store.create(key, data)
+                except st.KeyExists:
+                    if generated:
+                        continue
+                    raise errors.AlreadyExists(
+                        f'{kind.resource} "{meta["name"]}" already exists',
+                        kind=kind.kind,
+                        name=meta["name"],
+                    ) from None
+                except st.StoreUnavailable as err:
+                    raise errors.Unavailable(str(err)) from err
+                meta["resourceVersion"] = str(revision)
+                allocation = None  # stored: the Service holds its values now
+                return obj
+        finally:
+            if allocation is not None and self._service_ips and not dry_run:
+                await self._service_ips.release(allocation.taken)
         raise errors.AlreadyExists(
             f"{kind.resource}: could not find a free name for generateName "
             f"{meta['generateName']!r}; try again",
@@ -364,6 +377,21 @@ class Registry:
         self._settle_namespace(kind, namespace, meta)
         defaults.apply_defaults(obj)
         precondition = meta.get("resourceVersion", "")
+        if kind.kind == "Service" and self._service_ips is not None:
+            return await self._update_service(
+                kind, namespace, name, obj, precondition=precondition, dry_run=dry_run
+            )
+        return await self._guaranteed_update(
+            kind,
+            namespace,
+            name,
+            self._spec_mutation(kind, obj),
+            precondition=precondition,
+            dry_run=dry_run,
+        )
+
+    def _spec_mutation(self, kind: Kind, obj: dict[str, Any]) -> Mutation:
+        """The change an update of the main resource makes to the stored object."""
 
         def mutate(current: dict[str, Any]) -> dict[str, Any]:
             new = copy.deepcopy(obj)
@@ -383,9 +411,51 @@ class Registry:
             self._validate(kind, new, current)
             return new
 
-        return await self._guaranteed_update(
-            kind, namespace, name, mutate, precondition=precondition, dry_run=dry_run
-        )
+        return mutate
+
+    async def _update_service(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        obj: dict[str, Any],
+        *,
+        precondition: str,
+        dry_run: bool,
+    ) -> dict[str, Any]:
+        """An update that keeps, takes or frees the Service's clusterIP and nodePorts.
+
+        The allocation is worked out against the version read here, and the write is
+        pinned to that version, so what was taken or freed matches what is stored.
+        """
+        assert self._service_ips is not None
+        for _ in range(16):
+            current = await self.get(kind, namespace, name)
+            if precondition and precondition != current["metadata"]["resourceVersion"]:
+                raise self._stale(kind, name)
+            draft = copy.deepcopy(obj)
+            allocation = await self._service_ips.reallocate(current, draft, dry_run=dry_run)
+            try:
+                updated = await self._guaranteed_update(
+                    kind,
+                    namespace,
+                    name,
+                    self._spec_mutation(kind, draft),
+                    precondition=current["metadata"]["resourceVersion"],
+                    dry_run=dry_run,
+                )
+            except errors.Conflict:
+                await self._service_ips.release(allocation.taken)
+                if precondition:
+                    raise
+                continue
+            except BaseException:
+                await self._service_ips.release(allocation.taken)
+                raise
+            if not dry_run:
+                await self._service_ips.release(allocation.freed, Owner.of(current))
+            return updated
+        raise self._stale(kind, name)
 
     async def update_status(
         self, kind: Kind, namespace: str, name: str, obj: dict[str, Any]
@@ -557,10 +627,15 @@ class Registry:
             if propagation == "Orphan" and ORPHAN not in finalizers:
                 finalizers.append(ORPHAN)
         pod_grace = self._pod_grace(kind, current, grace)
-        if not finalizers and not pod_grace:
+        held_by_spec = bool(_namespace_finalizers(new))
+        if not finalizers and not pod_grace and not held_by_spec:
             return None
         if finalizers:
             meta["finalizers"] = finalizers
+        if held_by_spec:
+            # A Namespace's spec.finalizers hold it (Terminating) until the namespace
+            # controller has emptied it and removed "kubernetes" from them.
+            new.setdefault("status", {})["phase"] = "Terminating"
         now = self._clock.now()
         if not meta.get("deletionTimestamp"):
             meta["deletionTimestamp"] = rfc3339(now + (pod_grace or 0))
@@ -603,6 +678,12 @@ class Registry:
             raise errors.Unavailable(str(err)) from err
         last["metadata"]["resourceVersion"] = str(deleted_at)
         log.debug("object deleted", resource=kind.resource, key=key)
+        if kind.kind == "Service" and self._service_ips is not None:
+            try:
+                await self._service_ips.release_service(last)
+            except errors.ApiError as err:
+                # The Service is gone either way; the allocator's repair frees what is left.
+                log.warning("failed to release service allocations", key=key, err=err)
         return last
 
     # -- binding ----------------------------------------------------------------------------------
@@ -653,9 +734,16 @@ class Registry:
 def _finished_deleting(obj: dict[str, Any]) -> bool:
     """An object whose deletion only waited for finalizers that are now all gone."""
     meta = obj["metadata"]
-    if not meta.get("deletionTimestamp") or meta.get("finalizers"):
+    if not meta.get("deletionTimestamp") or meta.get("finalizers") or _namespace_finalizers(obj):
         return False
     return not meta.get("deletionGracePeriodSeconds")
+
+
+def _namespace_finalizers(obj: dict[str, Any]) -> list[str]:
+    """A Namespace's spec.finalizers, which hold its deletion besides metadata.finalizers."""
+    if obj.get("kind") != "Namespace":
+        return []
+    return list((obj.get("spec") or {}).get("finalizers") or [])
 
 
 def _spec_of(obj: dict[str, Any]) -> dict[str, Any]:

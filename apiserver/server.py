@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from apiserver.garbagecollector import GarbageCollector
 from apiserver.registry import SYSTEM_NAMESPACES, Registry
 from apiserver.service import SERVICE_NAME, ObjectService
+from apiserver.serviceip import DEFAULT_NODE_PORT_RANGE, DEFAULT_SERVICE_CIDR, ServiceAllocator
 from apiserver.store import EtcdStore, Store, StoreError
 from apiserver.streams import StreamService
 from apiserver.watchcache import WatchCache
@@ -42,6 +43,12 @@ class ServerConfig:
     compaction_interval: float = 300.0
     # Events are deleted this long after they last happened, as Kubernetes' --event-ttl.
     event_ttl: float = 3600.0
+    # Services' clusterIPs and nodePorts come from these (kube-apiserver's
+    # --service-cluster-ip-range and --service-node-port-range).
+    service_cidr: str = DEFAULT_SERVICE_CIDR
+    node_port_range: str = DEFAULT_NODE_PORT_RANGE
+    # Seconds between passes that free leaked Service allocations; 0 turns them off.
+    service_ip_repair_interval: float = 60.0
 
 
 class ApiServer:
@@ -61,8 +68,19 @@ class ApiServer:
             )
             for k in kinds.KINDS
         }
+        self.service_ips = ServiceAllocator(
+            self.store,
+            prefix=config.prefix,
+            service_cidr=config.service_cidr,
+            node_port_range=config.node_port_range,
+            clock=self._clock,
+        )
         self.registry = Registry(
-            self.store, prefix=config.prefix, clock=self._clock, caches=self.caches
+            self.store,
+            prefix=config.prefix,
+            clock=self._clock,
+            caches=self.caches,
+            service_ips=self.service_ips,
         )
         self.collector = GarbageCollector(self.registry, self.caches, clock=self._clock)
         self._service = ObjectService(
@@ -123,6 +141,17 @@ class ApiServer:
         await asyncio.gather(*(c.ready.wait() for c in self.caches.values()))
         await self._ensure_system_namespaces()
         self.collector.start()
+        if self.config.service_ip_repair_interval > 0:
+            services = self.caches["services"]
+            self._tasks.append(
+                asyncio.create_task(
+                    self.service_ips.repair_forever(
+                        lambda: [c.obj for c in services.objects()],
+                        self.config.service_ip_repair_interval,
+                    ),
+                    name="service-ip-repair",
+                )
+            )
         await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.ready.set()
