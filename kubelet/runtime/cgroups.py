@@ -340,6 +340,9 @@ class CgroupV2:
         if res.memory_limit_bytes is not None:
             file = self._require(directory, "memory.max", "limits.memory")
             write(file, str(res.memory_limit_bytes))
+            # As the kubelet does on v2: an OOM kill takes the whole container, not one child.
+            if os.path.exists(directory + "/memory.oom.group"):
+                write(directory + "/memory.oom.group", "1")
         if res.cpu_limit_millis is not None:
             file = self._require(directory, "cpu.max", "limits.cpu")
             write(file, f"{cpu_quota_us(res.cpu_limit_millis)} {CPU_PERIOD_US}")
