@@ -17,7 +17,8 @@ chains no longer wanted, as one iptables-restore. The first sync, and any
 after a failure, knows nothing of the kernel: it lists the KUBELITE-* chains
 already there (a previous run's) so that stale ones are deleted, and writes
 everything. A failed partial sync is followed at once by a full one, since
-the kernel's state is then unknown.
+the kernel's state is then unknown. After a sync that removed UDP
+endpoints, their conntrack flows are deleted (conntrack.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from machinery.clock import Clock
 from machinery.log import Logger, get_logger
 from proxy import chains as c
 from proxy.config import ProxyConfig
+from proxy.conntrack import Conntrack, ConntrackError, UdpBackends, stale_flow_filters, udp_backends
 from proxy.iptables import Iptables, IptablesError, parse_save
 from proxy.metrics import ProxyMetrics
 from proxy.rules import ChainKey, RenderMemo, Ruleset, render, restore_text
@@ -63,6 +65,7 @@ class SyncRunner:
         metrics: ProxyMetrics | None = None,
         log: Logger | None = None,
         observer: Callable[[SyncResult], None] | None = None,
+        conntrack: Conntrack | None = None,
     ) -> None:
         self._state = state
         self._iptables = iptables
@@ -78,6 +81,8 @@ class SyncRunner:
         self._next_full = 0.0
         self._failures = 0
         self._observer = observer
+        self._conntrack = conntrack
+        self._udp: UdpBackends | None = None  # UDP endpoints as of the last successful sync
         self._lock = asyncio.Lock()  # one sync at a time, whoever calls sync()
         state.subscribe(self._wake.set)
 
@@ -157,9 +162,11 @@ class SyncRunner:
         if not full and self._applied is not None:
             result = await self._apply(desired, kind="partial")
             if result.ok:
+                await self._forget_stale_flows(snap)
                 return self._succeeded(result, snap, desired, started)
         result = await self._apply(desired, kind="full")
         if result.ok:
+            await self._forget_stale_flows(snap)
             return self._succeeded(result, snap, desired, started)
         return result
 
@@ -220,6 +227,22 @@ class SyncRunner:
             for latency in latencies:
                 self._metrics.change_latency.observe(latency)
         return latencies
+
+    async def _forget_stale_flows(self, snap: Snapshot) -> None:
+        """Delete UDP flows still DNATed to endpoints this sync removed (see conntrack.py)."""
+        if self._conntrack is None:
+            return
+        after = udp_backends(snap.services, snap.endpoints)
+        before, self._udp = self._udp, after
+        if before is None:
+            return
+        for filters in stale_flow_filters(before, after):
+            try:
+                await self._conntrack.delete(filters)
+            except ConntrackError as exc:
+                # The rules are right already; a leftover flow only lasts until
+                # its conntrack timeout, so this is worth a warning, not a retry.
+                self._log.warning("failed to delete stale udp flows", err=exc)
 
     async def _owned_chains(self) -> list[ChainKey]:
         found: list[ChainKey] = []
