@@ -60,22 +60,34 @@ class LogWriter:
             else:
                 break
         self._pending[stream] = buffer
-        if lines:
-            self._emit(b"".join(lines))
+        self._emit(lines)
 
     def flush(self) -> None:
         """Write what is left without a newline as fragments (at the end of the output)."""
         stamp = timestamp(time.time_ns())
         for stream in STREAMS:
             if self._pending[stream]:
-                self._emit(b"%s %s P %s\n" % (stamp, stream.encode(), self._pending[stream]))
+                self._emit([b"%s %s P %s\n" % (stamp, stream.encode(), self._pending[stream])])
                 self._pending[stream] = b""
 
-    def _emit(self, data: bytes) -> None:
-        if self._size and self._size + len(data) > self._max_bytes:
-            self._rotate()
-        os.write(self._fd, data)
-        self._size += len(data)
+    def _emit(self, lines: list[bytes]) -> None:
+        """Write whole lines, rotating between two lines when the next would not fit."""
+        batch: list[bytes] = []
+        batch_size = 0
+        for line in lines:
+            if self._size + batch_size and self._size + batch_size + len(line) > self._max_bytes:
+                self._write(batch)
+                batch, batch_size = [], 0
+                self._rotate()
+            batch.append(line)
+            batch_size += len(line)
+        self._write(batch)
+
+    def _write(self, batch: list[bytes]) -> None:
+        if batch:
+            data = b"".join(batch)
+            os.write(self._fd, data)
+            self._size += len(data)
 
     def _rotate(self) -> None:
         os.close(self._fd)

@@ -263,7 +263,7 @@ class NativeRuntime:
                 self.stop_container(status.id, 0)
             pause = record.get("pause")
             if pause:
-                _kill_process(pause["pid"], pause["start"])
+                _kill_and_wait(pause["pid"], pause["start"])
                 self._cgroups.kill_all(pause["cgroup"])
             if not record["stopped"]:
                 record["stopped"] = True
@@ -776,6 +776,20 @@ def _signal(pid: int, started: int, signum: int) -> None:
 
 def _kill_process(pid: int, started: int) -> None:
     _signal(pid, started, signal.SIGKILL)
+
+
+def _kill_and_wait(pid: int, started: int) -> None:
+    fd = state.open_pidfd(pid, started)
+    if fd is None:
+        return
+    try:
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        if not _wait_fd(fd, KILL_WAIT_S):
+            raise RuntimeFailure(f"process {pid} did not exit within {KILL_WAIT_S} s of SIGKILL")
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _unmount_if_mounted(path: str) -> None:

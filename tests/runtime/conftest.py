@@ -30,8 +30,6 @@ from kubelet.runtime.native import NativeRuntime, RuntimeOptions
 
 BUSYBOX = Path("/bin/busybox")
 
-pytestmark = pytest.mark.root
-
 
 def _skip_reason() -> str | None:
     if os.geteuid() != 0:
@@ -47,9 +45,8 @@ def _skip_reason() -> str | None:
 
 
 @pytest.fixture(autouse=True)
-def _needs_root_and_kernel_features() -> None:
-    reason = _skip_reason()
-    if reason:
+def _needs_root_and_kernel_features(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("root") and (reason := _skip_reason()):
         pytest.skip(reason)
 
 
