@@ -15,10 +15,12 @@ Measured, each --repeat times from an empty namespace (median reported):
   ratio               full_sync_ms / iptables_restore_ms
 Then, with the runner's loop running (RealClock, min_sync_interval
 --min-interval, 100 ms by default: small enough for a cluster of this size,
-large enough to batch bursts), --changes Endpoints changes arrive at random
-(exponential gaps, mean --gap seconds, seeded) and each replaces one address of
-one Service; change_p99_ms is the 99th percentile of the time from a change
-being handed to the proxy to the restore carrying it having returned.
+large enough to batch bursts and keep iptables from using a whole core),
+--changes Endpoints changes arrive at random (exponential gaps, mean --gap
+seconds, 0.1 s by default: ten changes a second, as in a rolling update across
+many Deployments; seeded), each replacing one address of one Service;
+change_p99_ms is the 99th percentile of the time from a change being handed to
+the proxy to the restore carrying it having returned.
 
 The last line is one JSON object.
 """
@@ -200,7 +202,7 @@ def main() -> int:
     parser.add_argument("--endpoints", type=int, default=10, help="ready endpoints per Service")
     parser.add_argument("--repeat", type=int, default=3, help="full-sync measurements (median)")
     parser.add_argument("--changes", type=int, default=200, help="Endpoints changes to time")
-    parser.add_argument("--gap", type=float, default=0.05, help="mean seconds between changes")
+    parser.add_argument("--gap", type=float, default=0.1, help="mean seconds between changes")
     parser.add_argument("--min-interval", type=float, default=0.1, help="min_sync_interval (s)")
     parser.add_argument("--binary", default="iptables", help="iptables or iptables-legacy")
     parser.add_argument("--seed", type=int, default=1)

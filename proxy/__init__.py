@@ -14,5 +14,6 @@ The pieces, and who calls what (the process entry point is proxy/main.py):
 model.py parses API objects into values; rules.py renders them (a pure
 function) into iptables-restore text; iptables.py is the seam to the kernel;
 sync.py decides when to apply; conntrack.py forgets UDP flows to removed
-endpoints; cleanup.py undoes everything; chains.py names what we own. See each module's docstring for its invariants.
+endpoints; cleanup.py undoes everything; chains.py names what we own. See
+each module's docstring for its invariants.
 """

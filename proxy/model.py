@@ -106,6 +106,10 @@ def parse_service(obj: Mapping[str, Any]) -> Service:
         for i, p in enumerate(_list(spec, "ports", where))
     )
     _check_unique_port_names(ports, where)
+    if svc_type != "NodePort":
+        # A nodePort left on a port after the type changed back must not keep
+        # a port open on every node.
+        ports = tuple(dataclasses.replace(p, node_port=None) for p in ports)
     return Service(
         namespace=namespace,
         name=name,

@@ -106,3 +106,10 @@ def test_endpoints_equal_whatever_the_subset_order():
     one = endpoints(ips=["10.0.0.2", "10.0.0.1"])
     two = endpoints(ips=["10.0.0.1", "10.0.0.2"])
     assert parse_endpoints(one) == parse_endpoints(two)
+
+
+def test_node_port_only_for_type_node_port():
+    obj = service(ports=[port(80, node_port=30080)])
+    assert parse_service(obj).ports[0].node_port is None
+    obj["spec"]["type"] = "NodePort"
+    assert parse_service(obj).ports[0].node_port == 30080
