@@ -67,15 +67,18 @@ def render(
     by_key = {ep.key: ep for ep in endpoints}
     out = _Chains()
     _fixed_rules(out, config)
-    fragments = memo.start(config) if memo else None
+    fragments = memo.start(config) if memo is not None else None
     for svc in sorted(services, key=lambda s: s.key):
         if svc.cluster_ip is None:
             continue
         eps = by_key.get(svc.key)
-        fragment = fragments.get(svc, eps) if fragments else _service_fragment(svc, eps, config)
+        if fragments is not None:
+            fragment = fragments.get(svc, eps)
+        else:
+            fragment = _service_fragment(svc, eps, config)
         out.merge(fragment)
-    if memo:
-        memo.finish()
+    if fragments is not None:
+        fragments.finish()
     # Last in the services chain, so that ClusterIP rules win; loopback is left
     # alone because DNAT of 127.0.0.0/8 would need route_localnet on the node.
     out.add(
