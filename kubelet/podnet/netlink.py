@@ -1,0 +1,288 @@
+"""Netlink through pyroute2: the node's bridge, a sandbox's veth, and reaching into namespaces.
+
+A netlink socket belongs to the network namespace it was created in, whatever
+thread later uses it. To talk to a Pod's namespace, a short-lived thread enters
+it with setns(2) (network namespaces are per thread, so the rest of the process
+stays where it is), opens the socket and exits; pyroute2 then drives that
+socket from the caller's thread. That costs a thread start, about a millisecond,
+where pyroute2's own NetNS forks a helper process.
+
+Every IPRoute here is opened per operation and closed after it: pyroute2's
+synchronous IPRoute is not safe to share between threads, and opening one is
+cheap next to the kernel work it does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import ipaddress
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from kubelet.podnet.config import PodNetworkError, RetryableError
+
+CLONE_NEWNET = 0x40000000
+NETLINK_ROUTE = 0
+AF_INET = socket.AF_INET
+MAIN_TABLE = 254
+POD_IFNAME = "eth0"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class NamespaceGone(PodNetworkError):
+    """The sandbox's network namespace file no longer exists or is not a namespace."""
+
+
+@contextlib.contextmanager
+def iproute(netns_path: str | None = None) -> Iterator[IPRoute]:
+    """An IPRoute on the namespace at netns_path, or on the calling thread's own."""
+    if netns_path is None:
+        ipr = IPRoute()
+    else:
+        ipr = IPRoute(fileno=_netlink_socket_in(netns_path).detach())
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _netlink_socket_in(netns_path: str) -> socket.socket:
+    try:
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise NamespaceGone(f"failed to open network namespace {netns_path}: {err}") from None
+    result: dict[str, Any] = {}
+
+    def enter_and_open() -> None:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            code = ctypes.get_errno()
+            result["error"] = f"setns: {os.strerror(code)}"
+            return
+        result["socket"] = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+
+    try:
+        thread = threading.Thread(target=enter_and_open, name="podnet-setns")
+        thread.start()
+        thread.join()
+    finally:
+        os.close(fd)
+    if "error" in result:
+        raise NamespaceGone(f"failed to enter network namespace {netns_path}: {result['error']}")
+    return result["socket"]
+
+
+def open_netns_fd(netns_path: str) -> int:
+    try:
+        return os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise NamespaceGone(f"failed to open network namespace {netns_path}: {err}") from None
+
+
+# -- lookups -------------------------------------------------------------------------------
+
+
+def link_index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def link_attrs(ipr: IPRoute, index: int) -> dict[str, Any]:
+    msg = ipr.get_links(index)[0]
+    return {
+        "mtu": msg.get("mtu"),
+        "master": msg.get("master"),
+        "up": bool(msg["flags"] & 1),
+        "kind": link_kind(msg),
+    }
+
+
+def link_kind(msg: Any) -> str | None:
+    info = msg.get("IFLA_LINKINFO")
+    return info.get("IFLA_INFO_KIND") if info is not None else None
+
+
+def ipv4_addresses(ipr: IPRoute, index: int) -> set[ipaddress.IPv4Interface]:
+    return {
+        ipaddress.IPv4Interface(f"{msg.get('address')}/{msg['prefixlen']}")
+        for msg in ipr.get_addr(family=AF_INET, index=index)
+    }
+
+
+def mtu_of(ipr: IPRoute, *, uplink: str, node_ip: str) -> int:
+    """The MTU of the uplink: the named interface, else the one holding node_ip."""
+    if uplink:
+        index = link_index(ipr, uplink)
+        if index is None:
+            raise PodNetworkError(f"failed to read the uplink's MTU: no interface {uplink!r}")
+    else:
+        held = ipr.get_addr(family=AF_INET, address=node_ip)
+        if not held:
+            raise PodNetworkError(
+                f"failed to find the uplink: no interface here holds node IP {node_ip} "
+                "(name the uplink, or set the MTU)"
+            )
+        index = held[0]["index"]
+    return int(link_attrs(ipr, index)["mtu"])
+
+
+# -- the node's bridge -------------------------------------------------------------------
+
+
+def ensure_bridge(
+    ipr: IPRoute, *, name: str, gateway: ipaddress.IPv4Interface, mtu: int, mac: str
+) -> int:
+    """The bridge, created if missing, holding the gateway address, up; its index."""
+    index = link_index(ipr, name)
+    if index is None:
+        try:
+            ipr.link("add", ifname=name, kind="bridge", address=mac, mtu=mtu)
+        except NetlinkError as err:
+            if err.code != errno.EEXIST:  # a concurrent setup made it first
+                raise _failed(f"create bridge {name}", err) from None
+        index = link_index(ipr, name)
+        if index is None:
+            raise RetryableError(f"failed to create bridge {name}: it vanished right after")
+    else:
+        attrs = link_attrs(ipr, index)
+        if attrs["kind"] != "bridge":
+            raise PodNetworkError(f"failed to set up bridge {name}: a {attrs['kind']} has the name")
+    if gateway not in ipv4_addresses(ipr, index):
+        _ignore_exists(
+            lambda: ipr.addr(
+                "add", index=index, address=str(gateway.ip), prefixlen=gateway.network.prefixlen
+            ),
+            f"add {gateway} to bridge {name}",
+        )
+    ipr.link("set", index=index, state="up")
+    return index
+
+
+# -- a sandbox's veth ----------------------------------------------------------------------
+
+
+def veth_is_ready(
+    ipr: IPRoute,
+    pod: IPRoute,
+    *,
+    host_name: str,
+    bridge_index: int,
+    address: ipaddress.IPv4Interface,
+) -> bool:
+    """Whether an earlier setup finished: host end on the bridge and up, eth0 with the address."""
+    host = link_index(ipr, host_name)
+    eth0 = link_index(pod, POD_IFNAME)
+    if host is None or eth0 is None:
+        return False
+    attrs = link_attrs(ipr, host)
+    if attrs["master"] != bridge_index or not attrs["up"]:
+        return False
+    if not link_attrs(pod, eth0)["up"] or address not in ipv4_addresses(pod, eth0):
+        return False
+    return any(r.get("gateway") for r in pod.get_default_routes(family=AF_INET))
+
+
+def create_veth(
+    ipr: IPRoute, *, host_name: str, netns_fd: int, mtu: int, bridge_index: int
+) -> None:
+    """A veth pair: host_name on the bridge, up; its peer made directly in the Pod as eth0."""
+    _delete_quietly(ipr, host_name)  # a half-done earlier attempt
+    try:
+        ipr.link(
+            "add",
+            ifname=host_name,
+            kind="veth",
+            mtu=mtu,
+            peer={"ifname": POD_IFNAME, "net_ns_fd": netns_fd, "mtu": mtu},
+        )
+    except NetlinkError as err:
+        raise _failed(f"create veth {host_name}", err) from None
+    index = link_index(ipr, host_name)
+    if index is None:
+        raise RetryableError(f"failed to create veth {host_name}: it vanished right after")
+    ipr.link("set", index=index, master=bridge_index, state="up")
+
+
+def configure_pod_side(
+    pod: IPRoute, *, address: ipaddress.IPv4Interface, gateway: ipaddress.IPv4Address
+) -> None:
+    """Inside the Pod: eth0 with its address and up, loopback up, default route via the bridge."""
+    eth0 = link_index(pod, POD_IFNAME)
+    if eth0 is None:
+        raise RetryableError("failed to configure the Pod side: eth0 is missing")
+    lo = link_index(pod, "lo")
+    if lo is not None:
+        pod.link("set", index=lo, state="up")
+    if address not in ipv4_addresses(pod, eth0):
+        _ignore_exists(
+            lambda: pod.addr(
+                "add", index=eth0, address=str(address.ip), prefixlen=address.network.prefixlen
+            ),
+            f"add {address} to eth0",
+        )
+    pod.link("set", index=eth0, state="up")
+    try:
+        pod.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=eth0)
+    except NetlinkError as err:
+        raise _failed(f"add the default route via {gateway}", err) from None
+
+
+def delete_link(ipr: IPRoute, name: str) -> bool:
+    """Delete the link if it exists; whether it did."""
+    return _delete_quietly(ipr, name)
+
+
+def _delete_quietly(ipr: IPRoute, name: str) -> bool:
+    index = link_index(ipr, name)
+    if index is None:
+        return False
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError as err:
+        if err.code != errno.ENODEV:
+            raise _failed(f"delete link {name}", err) from None
+        return False
+    return True
+
+
+def _ignore_exists(call: Any, what: str) -> None:
+    try:
+        call()
+    except NetlinkError as err:
+        if err.code != errno.EEXIST:
+            raise _failed(what, err) from None
+
+
+def _failed(what: str, err: NetlinkError) -> PodNetworkError:
+    cls = (
+        RetryableError
+        if err.code in (errno.EBUSY, errno.EAGAIN, errno.ENOBUFS)
+        else PodNetworkError
+    )
+    return cls(f"failed to {what}: {os.strerror(err.code)}")
+
+
+# -- sysctls -------------------------------------------------------------------------------
+
+
+def write_sysctl(path: str, value: str) -> bool:
+    """Set a /proc/sys value of the calling thread's namespace; False when the key is absent."""
+    try:
+        with open(path) as f:
+            if f.read().strip() == value:
+                return True
+        with open(path, "w") as f:
+            f.write(value)
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        raise PodNetworkError(f"failed to set {path} to {value}: {err}") from None
+    return True
