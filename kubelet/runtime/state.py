@@ -40,34 +40,29 @@ def read_json(path: str) -> dict[str, Any] | None:
         return None
 
 
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None if it is gone."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """Fields of /proc/<pid>/stat from the state on (index 0), or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
     except (FileNotFoundError, ProcessLookupError):
-        return None
+        return None  # gone before the open, or between the open and the read
     # The command name may hold spaces and parentheses; fields resume after the last ')'.
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    return int(fields[19])
+    return raw[raw.rindex(b")") + 2 :].split()
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if it is gone."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19])
 
 
 def is_alive(pid: int | None, started: int | None) -> bool:
+    """Whether pid still names the process that started at `started` (zombies are dead)."""
     if pid is None or started is None:
         return False
-    current = start_time(pid)
-    if current is None or current != started:
-        return False
-    return not _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        return True
-    return raw[raw.rindex(b")") + 2 :].startswith(b"Z")
+    fields = _stat_fields(pid)
+    return fields is not None and int(fields[19]) == started and fields[0] != b"Z"
 
 
 def open_pidfd(pid: int | None, started: int | None) -> int | None:

@@ -61,14 +61,14 @@ def test_remove_leaves_nothing_behind(
     sandbox_record = state.read_json(str(state_dir / "sandboxes" / sandbox / "sandbox.json"))
     pause = sandbox_record["pause"]
     assert _mounts_under(state_dir), "the sandbox should have pinned its namespaces"
-    assert _cgroup_dirs("podcleanup-uid")
+    assert _cgroup_dirs(f"{cgroup_root}/podcleanup-uid")
 
     runtime.remove_sandbox(sandbox)
     exec_session.close()
 
     assert _mounts_under(state_dir) == []
     assert _mounts_under(tmp_path) == []
-    assert _cgroup_dirs("podcleanup-uid") == []
+    assert _cgroup_dirs(f"{cgroup_root}/podcleanup-uid") == []
     for pid, started in (
         (shim["shim_pid"], shim["shim_start"]),
         (shim["pid"], shim["pid_start"]),
@@ -91,7 +91,7 @@ def test_remove_container_keeps_the_sandbox(runtime: NativeRuntime, sandbox, bus
     runtime.start_container(container_id)
     cgroup = f"{runtime.sandbox_status(sandbox).cgroup_path}/{container_id}"
     runtime.remove_container(container_id)
-    assert _cgroup_dirs(container_id) == []
+    assert _cgroup_dirs(container_id) == []  # container ids are unique on every run
     assert not cgroups.detect().exists(cgroup)
     assert runtime.sandbox_status(sandbox).state.value == "ready"
     runtime.remove_container(container_id)  # removing twice is fine
