@@ -15,7 +15,7 @@ import pathlib
 import sys
 from collections.abc import Awaitable, Callable
 
-from cli import apply, describe, get
+from cli import apply, describe, expose, get, workloads
 from cli.errors import CliError, from_api
 from cli.session import Session
 from machinery import config, errors
@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     get.register(commands)
     describe.register(commands)
     apply.register(commands)
+    expose.register(commands)
+    workloads.register(commands)
     return parser
 
 
