@@ -84,10 +84,15 @@ class BridgeNetwork:
         """Wire the sandbox into the node's Pod network; the Pod's IPs."""
         if sandbox.network_namespace_path is None:
             return [self.config.node_ip]
-        ports = requested_ports(pod)  # refuse a bad spec before taking anything
-        self.prepare()
-        address = self._ipam.allocate(Owner(sandbox.id, sandbox.uid))
-        self._wire(sandbox.network_namespace_path, sandbox.id, address)
+        # Refuse a bad spec or a missing namespace before taking an address.
+        ports = requested_ports(pod)
+        fd = netlink.open_netns_fd(sandbox.network_namespace_path)
+        try:
+            self.prepare()
+            address = self._ipam.allocate(Owner(sandbox.id, sandbox.uid))
+            self._wire(sandbox.network_namespace_path, fd, sandbox.id, address)
+        finally:
+            os.close(fd)
         if ports:
             record = HostPortRecord(
                 sandbox.id, f"{sandbox.namespace}/{sandbox.name}", str(address), tuple(ports)
@@ -168,7 +173,9 @@ class BridgeNetwork:
 
     # -- Pod level -------------------------------------------------------------------------
 
-    def _wire(self, netns_path: str, sandbox_id: str, address: ipaddress.IPv4Address) -> None:
+    def _wire(
+        self, netns_path: str, netns_fd: int, sandbox_id: str, address: ipaddress.IPv4Address
+    ) -> None:
         iface = ipaddress.IPv4Interface(f"{address}/{self.config.network.prefixlen}")
         host_name = self._veth(sandbox_id)
         with netlink.iproute() as ipr, netlink.iproute(netns_path) as pod:
@@ -181,13 +188,9 @@ class BridgeNetwork:
             # else would block creating the peer under that name.
             netlink.delete_link(ipr, host_name)
             netlink.delete_link(pod, netlink.POD_IFNAME)
-            fd = netlink.open_netns_fd(netns_path)
-            try:
-                netlink.create_veth(
-                    ipr, host_name=host_name, netns_fd=fd, mtu=self._mtu, bridge_index=bridge
-                )
-            finally:
-                os.close(fd)
+            netlink.create_veth(
+                ipr, host_name=host_name, netns_fd=netns_fd, mtu=self._mtu, bridge_index=bridge
+            )
             netlink.configure_pod_side(pod, address=iface, gateway=self.config.gateway)
 
     def _veth(self, sandbox_id: str) -> str:

@@ -193,7 +193,8 @@ def veth_is_ready(
 def create_veth(
     ipr: IPRoute, *, host_name: str, netns_fd: int, mtu: int, bridge_index: int
 ) -> None:
-    """A veth pair: host_name on the bridge, up; its peer made directly in the Pod as eth0."""
+    """A veth pair: host_name on the bridge, up, in hairpin mode; its peer made directly in the
+    Pod as eth0."""
     _delete_quietly(ipr, host_name)  # a half-done earlier attempt
     try:
         ipr.link(
@@ -209,6 +210,9 @@ def create_veth(
     if index is None:
         raise RetryableError(f"failed to create veth {host_name}: it vanished right after")
     ipr.link("set", index=index, master=bridge_index, state="up")
+    # Hairpin: with bridged traffic going through iptables, a Pod reaching itself
+    # through a DNAT (a hostPort, a Service) is bridged back out the port it came in on.
+    ipr.brport("set", index=index, mode=1)
 
 
 def configure_pod_side(

@@ -19,9 +19,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import queue
 import select
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,6 +110,9 @@ class Agent:
             text=True,
             cwd=ROOT,
         )
+        # Answers are read by a thread, so that pipelined requests never hide in a buffer.
+        self._answers: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
 
     def call(self, op: str, **fields: Any) -> dict[str, Any]:
         answer = self.request(op, **fields)
@@ -116,16 +121,29 @@ class Agent:
         return answer
 
     def request(self, op: str, **fields: Any) -> dict[str, Any]:
-        assert self.proc.stdin and self.proc.stdout
+        self.send(op, **fields)
+        return self.receive()
+
+    def send(self, op: str, **fields: Any) -> None:
+        """Queue a request; the agent works on it while the caller does something else."""
+        assert self.proc.stdin
         self.proc.stdin.write(json.dumps({"op": op, **fields}) + "\n")
         self.proc.stdin.flush()
-        ready, _, _ = select.select([self.proc.stdout], [], [], 60)
-        if not ready:
-            raise AssertionError(f"agent in {self.netns} gave no answer to {op} within 60 s")
-        line = self.proc.stdout.readline()
+
+    def receive(self) -> dict[str, Any]:
+        try:
+            line = self._answers.get(timeout=60)
+        except queue.Empty:
+            raise AssertionError(f"agent in {self.netns} gave no answer within 60 s") from None
         if not line:
             raise AssertionError(f"agent in {self.netns} exited (code {self.proc.poll()})")
         return json.loads(line)
+
+    def _read(self) -> None:
+        assert self.proc.stdout
+        for line in self.proc.stdout:
+            self._answers.put(line)
+        self._answers.put("")
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -252,11 +270,19 @@ class Topology:
 
     def add_pod(self, node: Node, name: str, **pod: Any) -> Pod:
         """A sandbox stand-in (an empty network namespace) set up by the node's plugin."""
-        made = Pod(name, self._namespace(f"p-{name}"), node)
+        made = self.add_pod_namespace(node, name)
         assert node.agent is not None
         answer = node.agent.call("setup", sandbox=made.sandbox(), pod=pod)
         made.ip = answer["ips"][0]
         return made
+
+    def add_pod_namespace(self, node: Node, name: str) -> Pod:
+        """A sandbox stand-in the test sets up itself."""
+        return Pod(name, self._namespace(f"p-{name}"), node)
+
+    def delete_namespace(self, name: str) -> None:
+        run("ip", "netns", "del", name)
+        self.namespaces.remove(name)
 
     def serve(self, netns: str, port: int, *, proto: str = "tcp") -> None:
         proc = subprocess.Popen(
