@@ -222,18 +222,19 @@ def proportional_sizes(d: Obj, active: list[Obj]) -> list[tuple[Obj, int]]:
         order = sorted(active, key=lambda rs: (-replicas(rs), util.created_at(rs), meta.name(rs)))
     else:
         return [(rs, replicas(rs)) for rs in active]
-    sizes, added = [], 0
+    sizes: list[int] = []
+    added = 0
     for rs in order:
         share = 0
         if replicas(rs) > 0 and to_add != added:
             left = to_add - added
             fraction = _fraction(rs, d)
             share = min(fraction, left) if to_add > 0 else max(fraction, left)
-        sizes.append([rs, replicas(rs) + share])
+        sizes.append(replicas(rs) + share)
         added += share
     if sizes:
-        sizes[0][1] = max(0, sizes[0][1] + to_add - added)
-    return [(rs, size) for rs, size in sizes]
+        sizes[0] = max(0, sizes[0] + to_add - added)
+    return list(zip(order, sizes, strict=True))
 
 
 # -- status arithmetic -------------------------------------------------------------------------
@@ -376,6 +377,14 @@ class DeploymentController(QueueController):
     # -- sync ----------------------------------------------------------------------------------
 
     async def sync(self, key: str) -> None:
+        try:
+            await self._sync(key)
+        except errors.NotFound:
+            if self.deployments.get_by_key(key) is not None:
+                raise
+            # Deleted while this sync ran: its ReplicaSets go with it (garbage collection).
+
+    async def _sync(self, key: str) -> None:
         cached = self.deployments.get_by_key(key)
         if cached is None:
             return

@@ -191,6 +191,14 @@ class ReplicaSetController(QueueController):
     # -- sync ----------------------------------------------------------------------------------
 
     async def sync(self, key: str) -> None:
+        try:
+            await self._sync(key)
+        except errors.NotFound:
+            if self.replicasets.get_by_key(key) is not None:
+                raise
+            # Deleted while this sync ran: nothing is left to bring to its spec.
+
+    async def _sync(self, key: str) -> None:
         rs = self.replicasets.get_by_key(key)
         if rs is None:
             self.expectations.forget(key)

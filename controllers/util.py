@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from machinery import errors, meta
+from machinery.client import ApiClient
 from machinery.clock import Clock, parse_rfc3339, rfc3339
 from machinery.informer import Informer
 from machinery.labels import Selector
@@ -65,7 +66,7 @@ def is_pod_active(pod: Obj) -> bool:
 
 def is_pod_ready(pod: Obj) -> bool:
     cond = meta.condition(pod, "Ready")
-    return bool(cond) and cond.get("status") == "True"
+    return cond is not None and cond.get("status") == "True"
 
 
 def ready_since(pod: Obj) -> float | None:
@@ -215,7 +216,7 @@ class Claimer:
     must not adopt, and a cache can be late to say so.
     """
 
-    client: Any
+    client: ApiClient
     resource: str
     owner: Obj
     selector: Selector
@@ -271,7 +272,7 @@ class Claimer:
         )
 
 
-async def owner_still_current(client: Any, resource: str, owner: Obj) -> bool:
+async def owner_still_current(client: ApiClient, resource: str, owner: Obj) -> bool:
     """The owner exists with the same uid and is not being deleted, read from the API."""
     try:
         fresh = await client.get(resource, meta.name(owner), namespace=meta.namespace(owner))
