@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
+import struct
 import termios
 from typing import NoReturn
 
 from kubelet.runtime import _libc as libc
-from kubelet.runtime import caps, rootfs
+from kubelet.runtime import caps, channel, rootfs
 from kubelet.runtime.paths import ensure_beneath
 from kubelet.runtime.spec import LaunchSpec, ProcessSpec
 
+TIOCGPTN = 0x80045430
+TIOCSPTLCK = 0x40045431
 NS_FLAGS = {
     "net": libc.CLONE_NEWNET,
     "uts": libc.CLONE_NEWUTS,
@@ -35,9 +39,14 @@ NS_FLAGS = {
 }
 
 
-def container_init(spec: LaunchSpec, stdio: tuple[int, int, int], start_w: int) -> NoReturn:
+def container_init(
+    spec: LaunchSpec,
+    stdio: tuple[int, int, int],
+    start_w: int,
+    console: socket.socket | None = None,
+) -> NoReturn:
     try:
-        _prepare(spec, stdio)
+        _prepare(spec, stdio, console)
         exec_process(spec.process)
     except BaseException as exc:  # noqa: BLE001 - everything must reach the shim
         _report(start_w, exc)
@@ -52,7 +61,7 @@ def _report(start_w: int, exc: BaseException) -> None:
         pass
 
 
-def _prepare(spec: LaunchSpec, stdio: tuple[int, int, int]) -> None:
+def _prepare(spec: LaunchSpec, stdio: tuple[int, int, int], console: socket.socket | None) -> None:
     for target, fd in enumerate(stdio):
         os.dup2(fd, target)
     for kind, path in spec.join_namespaces:
@@ -64,11 +73,35 @@ def _prepare(spec: LaunchSpec, stdio: tuple[int, int, int]) -> None:
         _write("/proc/self/oom_score_adj", str(spec.oom_score_adj))
     libc.unshare(libc.CLONE_NEWNS | libc.CLONE_NEWCGROUP)
     rootfs.build(spec)
+    if console is not None:
+        _take_terminal(console)
     enter_cwd(spec.process.cwd)
-    if spec.tty:
-        os.setsid()
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
     drop_privileges(spec.process)
+
+
+def _take_terminal(console: socket.socket) -> None:
+    """Open a pty in the container's own devpts, send its master to the shim, and make the
+    slave our stdio and controlling terminal."""
+    master, slave = open_pty()
+    channel.send(console, {"terminal": True}, (master,))
+    console.close()
+    os.close(master)
+    os.setsid()
+    for target in (0, 1, 2):
+        os.dup2(slave, target)
+    os.close(slave)
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def open_pty(rows: int = 0, cols: int = 0) -> tuple[int, int]:
+    """(master, slave) from /dev/ptmx as the calling process sees it."""
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, struct.pack("I", 0)))[0]
+    slave = os.open(f"/dev/pts/{number}", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    if rows and cols:
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    return master, slave
 
 
 def join_namespace(kind: str, path: str) -> None:

@@ -18,7 +18,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import termios
 import time
 from typing import NoReturn
@@ -31,8 +30,6 @@ from kubelet.runtime.state import start_time
 # Join order: cgroup namespace first (its root is taken from our cgroup, just joined),
 # mount namespace last.
 JOIN_ORDER = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
-TIOCGPTN = 0x80045430
-TIOCSPTLCK = 0x40045431
 EXIT_NOT_FOUND = 127
 EXIT_CANNOT_RUN = 126
 
@@ -59,7 +56,7 @@ def run_exec(
             libc.setns(namespaces[kind], launch.NS_FLAGS[kind])
             os.close(namespaces[kind])
         if tty:
-            master, slave = _open_pty_inside(rows, cols)
+            master, slave = launch.open_pty(rows, cols)
             channel.send(report, {"terminal": True}, (master,))
             os.close(master)
             stdio = (slave, slave, slave)
@@ -90,15 +87,6 @@ def _open_namespaces(pid: int, started: int) -> dict[str, int]:
             os.close(fd)
         raise OSError(f"the container's process {pid} has exited")
     return fds
-
-
-def _open_pty_inside(rows: int, cols: int) -> tuple[int, int]:
-    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
-    number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, struct.pack("I", 0)))[0]
-    slave = os.open(f"/dev/pts/{number}", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-    return master, slave
 
 
 def _spawn(

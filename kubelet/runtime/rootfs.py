@@ -126,6 +126,8 @@ def mount_dev(spec: LaunchSpec, root: str) -> None:
         os.umask(old_umask)
     for name, target in DEV_LINKS:
         os.symlink(target, f"{dev}/{name}")
+    if spec.privileged:
+        copy_host_devices(dev)
     pts_options = "newinstance,ptmxmode=0666,mode=0620,gid=5"
     libc.mount("devpts", f"{dev}/pts", "devpts", libc.MS_NOSUID | libc.MS_NOEXEC, pts_options)
     if spec.shm_dir:
@@ -133,6 +135,25 @@ def mount_dev(spec: LaunchSpec, root: str) -> None:
     else:
         libc.mount("shm", f"{dev}/shm", "tmpfs", NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k")
     libc.mount("mqueue", f"{dev}/mqueue", "mqueue", NOSUID_NODEV_NOEXEC)
+
+
+def copy_host_devices(dev: str, source: str = "/dev") -> None:
+    """A privileged container gets the node's device nodes too, as container runtimes do."""
+    for entry in os.scandir(source):
+        if entry.name in ("pts", "shm", "mqueue", "fd", "ptmx", "console", "core") or (
+            entry.is_symlink()
+        ):
+            continue
+        target = f"{dev}{entry.path[len('/dev') :]}"
+        info = entry.stat(follow_symlinks=False)
+        if entry.is_dir():
+            os.makedirs(target, exist_ok=True)
+            copy_host_devices(dev, entry.path)
+        elif (stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)) and not os.path.lexists(
+            target
+        ):
+            os.mknod(target, info.st_mode, info.st_rdev)
+            os.chown(target, info.st_uid, info.st_gid)
 
 
 def bind_into(root: str, volume: MountSpec) -> None:

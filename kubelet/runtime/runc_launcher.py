@@ -45,7 +45,7 @@ class RuncLauncher:
         if done.returncode != 0:
             raise StartFailure(f"runc {args[0]} failed: {_last_runc_error(log)}")
 
-    def launch(self, spec: LaunchSpec, stdio: tuple[int, int, int]) -> int:
+    def launch(self, spec: LaunchSpec, stdio: tuple[int, int, int]) -> tuple[int, None]:
         libc.unshare(libc.CLONE_NEWNS)
         libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
         rootfs.mount_overlay(spec)
@@ -61,7 +61,7 @@ class RuncLauncher:
         )
         pid = int(Path(pid_file).read_text())
         self._run("start", spec.container_id)
-        return pid
+        return pid, None
 
     def after_exit(self, spec: LaunchSpec) -> None:
         try:

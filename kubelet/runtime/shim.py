@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import os
-import pty
 import selectors
 import signal
 import socket
@@ -42,8 +41,9 @@ class StartFailure(Exception):
 class Launcher(Protocol):
     subreaper: bool
 
-    def launch(self, spec: LaunchSpec, stdio: tuple[int, int, int]) -> int:
-        """Start the container's process with stdio; its pid. StartFailure if it did not."""
+    def launch(self, spec: LaunchSpec, stdio: tuple[int, int, int]) -> tuple[int, int | None]:
+        """Start the container's process with stdio (ignored with a tty); its pid and, with
+        a tty, the pty master. StartFailure if it did not start."""
 
     def after_exit(self, spec: LaunchSpec) -> None:
         """Release what launch() holds once the container has exited."""
@@ -54,24 +54,36 @@ class NativeLauncher:
 
     subreaper = False
 
-    def launch(self, spec: LaunchSpec, stdio: tuple[int, int, int]) -> int:
+    def launch(self, spec: LaunchSpec, stdio: tuple[int, int, int]) -> tuple[int, int | None]:
         pidns = dict(spec.join_namespaces).get("pid")
         if pidns:
             launch.join_namespace("pid", pidns)
         elif spec.new_pid_namespace:
             libc.unshare(libc.CLONE_NEWPID)
         start_r, start_w = os.pipe2(os.O_CLOEXEC)
+        console, console_child = channel.pair() if spec.tty else (None, None)
         pid = os.fork()
         if pid == 0:
             os.close(start_r)
-            launch.container_init(spec, stdio, start_w)
+            if console is not None:
+                console.close()
+            launch.container_init(spec, stdio, start_w, console_child)
         os.close(start_w)
+        terminal = None
+        if console is not None and console_child is not None:
+            # The pty is made inside the container's devpts; its master comes back to us.
+            console_child.close()
+            _, fds = channel.recv(console)
+            console.close()
+            terminal = fds[0] if fds else None
         message = _read_all(start_r)
         os.close(start_r)
         if message:
             os.waitpid(pid, 0)
+            if terminal is not None:
+                os.close(terminal)
             raise StartFailure(message.decode(errors="replace"))
-        return pid
+        return pid, terminal
 
     def after_exit(self, spec: LaunchSpec) -> None:
         pass
@@ -93,15 +105,20 @@ def run(spec: LaunchSpec, report: socket.socket, launcher: Launcher) -> NoReturn
     if launcher.subreaper:
         libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
     writer = LogWriter(spec.log_path, max_bytes=spec.log_max_bytes, max_files=spec.log_max_files)
-    stdio, readers = _make_stdio(spec.tty)
+    stdio, readers = _make_stdio()
     try:
-        pid = launcher.launch(spec, stdio)
+        pid, terminal = launcher.launch(spec, stdio)
     except (StartFailure, OSError) as exc:
         _record_start_failure(spec, report, writer, str(exc))
         os._exit(0)
     finally:
         for fd in set(stdio):
             os.close(fd)
+    if terminal is not None:
+        # With a tty, stdout and stderr are one stream (as CRI logs it) and the pipes idle.
+        for fd, _ in readers:
+            os.close(fd)
+        readers = [(terminal, "stdout")]
     started_at = time.time()
     shim_pid = os.getpid()
     write_json(
@@ -140,14 +157,9 @@ def _best_effort_write(path: str, value: str) -> None:
         pass
 
 
-def _make_stdio(tty: bool) -> tuple[tuple[int, int, int], list[tuple[int, str]]]:
+def _make_stdio() -> tuple[tuple[int, int, int], list[tuple[int, str]]]:
     """(stdin, stdout, stderr) for the container and the (fd, stream) pairs we read."""
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    if tty:
-        master, slave = pty.openpty()
-        os.set_inheritable(master, False)
-        os.close(null)
-        return (slave, slave, slave), [(master, "stdout")]
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     return (null, out_w, err_w), [(out_r, "stdout"), (err_r, "stderr")]

@@ -274,3 +274,37 @@ def test_sub_path_symlink_cannot_leave_the_volume(
     # The symlink to /etc resolves inside the volume: an empty directory, not the node's /etc.
     assert output.split() == ["inside"]
     assert (volume / "etc").is_dir()
+
+
+def test_privileged_container_sees_the_nodes_devices(
+    runtime: NativeRuntime, sandbox, busybox_rootfs: Path
+):
+    host = sorted(
+        e.name
+        for e in os.scandir("/dev")
+        if not e.is_dir()
+        and not e.is_symlink()
+        and (os.stat(e.path).st_mode & 0o170000) in (0o020000, 0o060000)
+    )
+    status, output = run_to_exit(
+        runtime, sandbox, sh(busybox_rootfs, "ls /dev", security=Security(privileged=True))
+    )
+    assert set(host) - {"ptmx", "console"} <= set(output.split())
+
+
+def test_host_pid_namespace(runtime: NativeRuntime, busybox_rootfs: Path):
+    from kubelet.runtime.interface import NamespaceMode, NamespaceOptions
+
+    sandbox = runtime.run_sandbox(pod(namespaces=NamespaceOptions(pid=NamespaceMode.NODE)))
+    status, output = run_to_exit(
+        runtime, sandbox, sh(busybox_rootfs, f"test -d /proc/{os.getpid()} && echo sees-host")
+    )
+    assert output.strip() == "sees-host"
+
+
+def test_container_with_a_tty(runtime: NativeRuntime, sandbox, busybox_rootfs: Path):
+    status, output = run_to_exit(
+        runtime, sandbox, sh(busybox_rootfs, "tty; echo to-stderr >&2; echo $((40+2))", tty=True)
+    )
+    assert status.exit_code == 0, output
+    assert output.replace("\r", "").split() == ["/dev/pts/0", "to-stderr", "42"]
