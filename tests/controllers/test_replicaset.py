@@ -14,6 +14,7 @@ import asyncio
 import pytest
 
 from controllers.replicaset import pick_victims
+from controllers.util import EXPECTATIONS_TTL, Expectations
 from machinery import errors, meta
 from machinery.client import ApiClient
 from machinery.clock import FakeClock, rfc3339
@@ -388,3 +389,61 @@ async def test_failed_creations_show_in_status_then_clear(client: ApiClient) -> 
             )
     finally:
         await flaky.close()
+
+
+# -- expectations and quiet syncs ---------------------------------------------------------------
+
+
+async def test_expectations_wait_for_every_observation_then_expire() -> None:
+    clock = FakeClock()
+    expect = Expectations(clock)
+    assert expect.satisfied("default/web")  # nothing issued yet
+    expect.expect("default/web", creations=2)
+    expect.creation_observed("default/web")
+    assert not expect.satisfied("default/web") and expect.pending_creations("default/web") == 1
+    expect.creation_observed("default/web")
+    assert expect.satisfied("default/web")
+
+    expect.expect("default/web", deletions=["default/web-a", "default/web-b"])
+    for _ in range(2):  # deletionTimestamp first, DELETED later: the same Pod counts once
+        expect.deletion_observed("default/web", "default/web-a")
+    assert not expect.satisfied("default/web")
+    await clock.advance(EXPECTATIONS_TTL + 1)  # web-b's event was lost: give up waiting
+    assert expect.satisfied("default/web") and expect.pending_deletions("default/web") == set()
+
+
+class CountingStatusWrites(ApiClient):
+    """A real client that counts the status writes it sends."""
+
+    writes = 0
+
+    async def update_status(self, resource, obj):  # type: ignore[override]
+        self.writes += 1
+        return await super().update_status(resource, obj)
+
+
+async def test_status_is_written_only_when_it_changes(client: ApiClient) -> None:
+    counting = CountingStatusWrites(_server(client), timeout=10)
+    controllers = Controllers(counting, informer_client=client, deployments=False)
+    seen: list[str] = []
+    inner = controllers.replicaset.sync
+
+    async def noting_sync(key: str) -> None:
+        await inner(key)
+        rs = controllers.replicaset.replicasets.get_by_key(key)
+        seen.append(meta.annotations(rs).get("note", "") if rs else "")
+
+    controllers.replicaset.sync = noting_sync  # type: ignore[method-assign]
+    try:
+        async with controllers:
+            await client.create("replicasets", o.replicaset("web", replicas=2))
+            await _status_replicas(client, "web", 2)
+            before = counting.writes
+            for note in ("one", "two", "three"):  # syncs with nothing new to report
+                await client.patch(
+                    "replicasets", "web", {"metadata": {"annotations": {"note": note}}}
+                )
+                await eventually(lambda note=note: note in seen)
+            assert counting.writes == before
+    finally:
+        await counting.close()
