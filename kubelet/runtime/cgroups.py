@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
+from kubelet.runtime import devices_bpf
 from kubelet.runtime.interface import InvalidConfigError, Resources, RuntimeFailure
 
 CPU_PERIOD_US = 100_000
@@ -78,6 +79,13 @@ class CgroupDriver(Protocol):
     def exists(self, path: str) -> bool: ...
 
     def remove(self, path: str) -> None: ...
+
+
+def device_rules() -> list[tuple[int, int, int, int]]:
+    """ALLOWED_DEVICES as BPF device rules, after mknod of any node (opening is what counts)."""
+    rules = [devices_bpf.rule_from_v1("c", -1, -1, "m"), devices_bpf.rule_from_v1("b", -1, -1, "m")]
+    rules += [devices_bpf.rule_from_v1(k, major, minor) for k, major, minor in ALLOWED_DEVICES]
+    return rules
 
 
 def cpu_shares(millis: int) -> int:
@@ -310,11 +318,8 @@ class CgroupV2:
             _makedirs(self._root, os.path.join(*parts[: depth + 1]))
         if resources is not None:
             self._apply(path, resources)
-        # TODO: device filtering on cgroup v2 needs a BPF_CGROUP_DEVICE program attached to
-        # the container's cgroup; it is not written yet, so on a pure v2 host a container
-        # that is not privileged is limited to the small /dev the runtime creates (no device
-        # nodes from the host), but could open a device node it creates itself with MKNOD.
-        del restrict_devices
+        if restrict_devices:
+            devices_bpf.restrict(self._dir(path), device_rules())
 
     def _delegate(self, directory: str) -> None:
         """Enable our controllers for the children of directory where they are available."""

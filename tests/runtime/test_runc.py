@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import select
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,3 +118,27 @@ def test_runc_refuses_tty(runc_runtime: oci.RuncRuntime, busybox_rootfs: Path):
     sandbox = runc_runtime.run_sandbox(pod())
     with pytest.raises(InvalidConfigError, match="tty"):
         runc_runtime.create_container(sandbox, sh(busybox_rootfs, "true", tty=True))
+
+
+def test_runc_exec_with_a_terminal(runc_runtime: oci.RuncRuntime, busybox_rootfs: Path):
+    sandbox = runc_runtime.run_sandbox(pod())
+    container_id = runc_runtime.create_container(sandbox, sh(busybox_rootfs, "exec sleep 60"))
+    runc_runtime.start_container(container_id)
+    session = runc_runtime.exec_stream(
+        container_id, ("sh",), tty=True, stdin=True, rows=30, cols=90
+    )
+    try:
+        assert session.terminal is not None
+        os.write(session.terminal, b"stty size; exit 4\n")
+        seen = b""
+        deadline = time.monotonic() + 10
+        while b"30 90" not in seen and time.monotonic() < deadline:
+            if select.select([session.terminal], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(session.terminal, 4096)
+                except OSError:
+                    break
+        assert b"30 90" in seen
+        assert session.wait(10) == 4
+    finally:
+        session.close()
