@@ -1,0 +1,230 @@
+"""`python -m kubelet.main`: the node agent, as root on every node.
+
+    python -m kubelet.main --server 10.0.0.1:6443 --node-name node-1 --node-ip 10.0.0.11 \\
+        --state-dir /var/lib/kubelite/node-1 --cgroup-root kubelite-node-1 \\
+        --registry 10.0.0.1:5000 --cluster-dns 10.96.0.10
+
+SIGTERM or SIGINT stops the kubelet and leaves its containers running; the next kubelet
+started with the same --state-dir and --cgroup-root adopts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from prometheus_client import start_http_server
+
+from kubelet.agent import Kubelet
+from kubelet.config import (
+    Backoff,
+    ConfigError,
+    KubeletConfig,
+    parse_labels,
+    parse_reserved,
+    parse_taints,
+)
+from machinery import log as kubelog
+
+log = kubelog.get_logger("kubelet")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m kubelet.main",
+        description="The kubelite node agent: registers this node and runs the Pods bound "
+        "to it in containers of its own runtime.",
+    )
+    p.add_argument(
+        "--server", required=True, help="API server address HOST:PORT, comma-separated for several"
+    )
+    p.add_argument("--node-name", required=True, help="name of this node's Node object")
+    p.add_argument(
+        "--node-ip",
+        required=True,
+        help="this node's address as the cluster reaches it (never guessed)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=10250,
+        help="port of the Kubelet service for logs and exec (default: %(default)s)",
+    )
+    p.add_argument(
+        "--address",
+        default="0.0.0.0",
+        help="address the Kubelet service listens on (default: %(default)s)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("/var/lib/kubelite/node"),
+        help="runtime state and image store (default: %(default)s)",
+    )
+    p.add_argument(
+        "--root-dir",
+        type=Path,
+        default=None,
+        help="Pod volumes and container logs (default: STATE_DIR/kubelet)",
+    )
+    p.add_argument(
+        "--cgroup-root",
+        default="",
+        help="cgroup name prefix unique on this host (default: kubelite-NODE_NAME)",
+    )
+    p.add_argument(
+        "--registry",
+        default="127.0.0.1:5000",
+        help="registry that short image names resolve to (default: %(default)s)",
+    )
+    p.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        help="registry spoken to over plain HTTP (repeatable; loopback always is)",
+    )
+    p.add_argument(
+        "--cluster-dns", default="", help="comma-separated DNS server IPs for ClusterFirst Pods"
+    )
+    p.add_argument(
+        "--cluster-domain",
+        default="cluster.local",
+        help="the cluster's DNS domain (default: %(default)s)",
+    )
+    p.add_argument(
+        "--resolv-conf",
+        type=Path,
+        default=Path("/etc/resolv.conf"),
+        help="the node's resolver config, for dnsPolicy Default",
+    )
+    p.add_argument(
+        "--pods", type=int, default=110, help="most Pods this node runs (default: %(default)s)"
+    )
+    p.add_argument(
+        "--system-reserved", default="", help="resources kept from Pods, e.g. cpu=100m,memory=256Mi"
+    )
+    p.add_argument(
+        "--register-with-taints",
+        default="",
+        help="taints the Node is created with, e.g. role=edge:NoSchedule",
+    )
+    p.add_argument(
+        "--node-labels", default="", help="extra labels for the Node, e.g. zone=a,tier=edge"
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="port serving Prometheus metrics (default: none)",
+    )
+    p.add_argument(
+        "--image-gc-high",
+        type=int,
+        default=85,
+        help="disk use %% above which unused images are removed (default: %(default)s)",
+    )
+    p.add_argument(
+        "--image-gc-low",
+        type=int,
+        default=80,
+        help="disk use %% image GC brings usage down to (default: %(default)s)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=("native", "runc"),
+        default="native",
+        help="container runtime: this project's own, or runc (default: %(default)s)",
+    )
+    p.add_argument(
+        "--backoff-initial",
+        type=float,
+        default=10.0,
+        help="first restart/pull back-off in seconds (default: %(default)s)",
+    )
+    p.add_argument(
+        "--backoff-max",
+        type=float,
+        default=300.0,
+        help="longest restart/pull back-off in seconds (default: %(default)s)",
+    )
+    p.add_argument(
+        "--log-retention",
+        type=float,
+        default=3600.0,
+        help="seconds logs of deleted Pods are kept (default: %(default)s)",
+    )
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("KUBELITE_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING or ERROR (default: %(default)s)",
+    )
+    return p
+
+
+def config_from(args: argparse.Namespace) -> KubeletConfig:
+    backoff = Backoff(initial_s=args.backoff_initial, maximum_s=args.backoff_max)
+    if backoff.initial_s <= 0 or backoff.maximum_s < backoff.initial_s:
+        raise ConfigError("--backoff-initial must be positive and at most --backoff-max")
+    return KubeletConfig(
+        node_name=args.node_name,
+        node_ip=args.node_ip,
+        servers=tuple(s.strip() for s in args.server.split(",") if s.strip()),
+        state_dir=args.state_dir,
+        root_dir=args.root_dir or args.state_dir / "kubelet",
+        cgroup_root=args.cgroup_root or f"kubelite-{args.node_name}",
+        port=args.port,
+        bind_address=args.address,
+        metrics_port=args.metrics_port,
+        registry=args.registry,
+        insecure_registries=tuple(args.insecure_registry),
+        cluster_dns=tuple(s.strip() for s in args.cluster_dns.split(",") if s.strip()),
+        cluster_domain=args.cluster_domain,
+        resolv_conf=args.resolv_conf,
+        max_pods=args.pods,
+        system_reserved=parse_reserved(args.system_reserved),
+        register_with_taints=parse_taints(args.register_with_taints),
+        node_labels=parse_labels(args.node_labels),
+        image_gc_high_percent=args.image_gc_high,
+        image_gc_low_percent=args.image_gc_low,
+        restart_backoff=backoff,
+        image_backoff=backoff,
+        log_retention_s=args.log_retention,
+        runtime=args.runtime,
+    )
+
+
+async def serve(config: KubeletConfig) -> None:
+    kubelet = Kubelet(config)
+    if config.metrics_port:
+        start_http_server(config.metrics_port, registry=kubelet.metrics.registry)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await kubelet.start()
+    await stopping.wait()
+    log.info("stopping kubelet; containers keep running")
+    await kubelet.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    kubelog.setup(args.log_level)
+    if os.geteuid() != 0:
+        print("kubelet: must run as root (namespaces, cgroups, mounts)", file=sys.stderr)
+        return 1
+    try:
+        config = config_from(args)
+    except ConfigError as err:
+        print(f"kubelet: {err}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
