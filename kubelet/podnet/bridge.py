@@ -179,7 +179,7 @@ class BridgeNetwork:
         iface = ipaddress.IPv4Interface(f"{address}/{self.config.network.prefixlen}")
         host_name = self._veth(sandbox_id)
         with netlink.iproute() as ipr, netlink.iproute(netns_path) as pod:
-            bridge = self._ensure_bridge(ipr)
+            bridge = netlink.bridge_index(ipr, self.config.bridge) or self._ensure_bridge(ipr)
             if netlink.veth_is_ready(
                 ipr, pod, host_name=host_name, bridge_index=bridge, address=iface
             ):

@@ -10,9 +10,9 @@ a second process sharing the directory) finds what was allocated before.
 
 Never handed out: the network address, the gateway (the bridge's, the range's
 first) and the broadcast address. The search starts after the last address
-handed out (remembered in a file beside them) so that a freed address is not
-reused at once, while stale ARP entries and conntrack flows for it may still
-be around elsewhere.
+handed out (in memory; a fresh process starts after the highest address held)
+so that a freed address is not reused at once, while stale ARP entries and
+conntrack flows for it may still be around elsewhere.
 
 An owner file that is empty (a crash between create and write) still holds its
 address; release_orphans() frees it along with every address whose sandbox is
@@ -29,8 +29,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from kubelet.podnet.config import RetryableError
-
-_LAST = "last_reserved"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +61,7 @@ class IpAllocator:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
         self._by_sandbox: dict[str, ipaddress.IPv4Address] = {}
+        self._last: int | None = None
 
     # -- queries -------------------------------------------------------------------------
 
@@ -93,7 +92,7 @@ class IpAllocator:
             for address in self._candidates():
                 if self._claim(address, owner):
                     self._by_sandbox[owner.sandbox_id] = address
-                    self._write_last(address)
+                    self._last = int(address)
                     return address
         raise RangeExhausted(
             f"failed to allocate a Pod IP for sandbox {owner.sandbox_id}: "
@@ -149,7 +148,10 @@ class IpAllocator:
     def _candidates(self) -> Iterator[ipaddress.IPv4Address]:
         first = int(self.gateway) + 1
         last = int(self.network.broadcast_address) - 1
-        start = self._read_last()
+        if self._last is None:
+            held = self.held()
+            self._last = int(max(held)) if held else None
+        start = self._last
         start = start + 1 if start is not None and first <= start < last else first
         for value in range(start, last + 1):
             yield ipaddress.IPv4Address(value)
@@ -162,9 +164,10 @@ class IpAllocator:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:
             return False
+        # No fsync: the file must outlive the kubelet, not the machine; after a
+        # reboot every sandbox, and so every address, is gone anyway.
         try:
             os.write(fd, owner.encode())
-            os.fsync(fd)
         finally:
             os.close(fd)
         return True
@@ -175,18 +178,6 @@ class IpAllocator:
         except ValueError:
             return None
         return address if address in self.network else None
-
-    def _read_last(self) -> int | None:
-        try:
-            return int(ipaddress.IPv4Address((self.dir / _LAST).read_text().strip()))
-        except (OSError, ValueError):
-            return None
-
-    def _write_last(self, address: ipaddress.IPv4Address) -> None:
-        # Only a hint for where to search next: a lost or torn write costs nothing.
-        tmp = self.dir / f".{_LAST}.{os.getpid()}.{threading.get_ident()}"
-        tmp.write_text(f"{address}\n")
-        os.replace(tmp, self.dir / _LAST)
 
 
 def _read_owner(path: Path) -> Owner | None:

@@ -34,6 +34,7 @@ NETLINK_ROUTE = 0
 AF_INET = socket.AF_INET
 MAIN_TABLE = 254
 POD_IFNAME = "eth0"
+LOOPBACK_INDEX = 1  # the kernel gives lo index 1 in every namespace
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -90,14 +91,24 @@ def open_netns_fd(netns_path: str) -> int:
 # -- lookups -------------------------------------------------------------------------------
 
 
+def get_link(ipr: IPRoute, name: str) -> Any | None:
+    """The link's message, by one RTM_GETLINK (pyroute2's link_lookup dumps every link)."""
+    try:
+        return ipr.link("get", ifname=name)[0]
+    except NetlinkError as err:
+        if err.code == errno.ENODEV:
+            return None
+        raise _failed(f"look up link {name}", err) from None
+
+
 def link_index(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
+    msg = get_link(ipr, name)
+    return msg["index"] if msg is not None else None
 
 
-def link_attrs(ipr: IPRoute, index: int) -> dict[str, Any]:
-    msg = ipr.get_links(index)[0]
+def link_attrs(msg: Any) -> dict[str, Any]:
     return {
+        "index": msg["index"],
         "mtu": msg.get("mtu"),
         "master": msg.get("master"),
         "up": bool(msg["flags"] & 1),
@@ -131,7 +142,7 @@ def mtu_of(ipr: IPRoute, *, uplink: str, node_ip: str) -> int:
                 "(name the uplink, or set the MTU)"
             )
         index = held[0]["index"]
-    return int(link_attrs(ipr, index)["mtu"])
+    return int(ipr.link("get", index=index)[0].get("mtu"))
 
 
 # -- the node's bridge -------------------------------------------------------------------
@@ -141,20 +152,20 @@ def ensure_bridge(
     ipr: IPRoute, *, name: str, gateway: ipaddress.IPv4Interface, mtu: int, mac: str
 ) -> int:
     """The bridge, created if missing, holding the gateway address, up; its index."""
-    index = link_index(ipr, name)
-    if index is None:
+    msg = get_link(ipr, name)
+    if msg is None:
         try:
             ipr.link("add", ifname=name, kind="bridge", address=mac, mtu=mtu)
         except NetlinkError as err:
             if err.code != errno.EEXIST:  # a concurrent setup made it first
                 raise _failed(f"create bridge {name}", err) from None
-        index = link_index(ipr, name)
-        if index is None:
+        msg = get_link(ipr, name)
+        if msg is None:
             raise RetryableError(f"failed to create bridge {name}: it vanished right after")
-    else:
-        attrs = link_attrs(ipr, index)
-        if attrs["kind"] != "bridge":
-            raise PodNetworkError(f"failed to set up bridge {name}: a {attrs['kind']} has the name")
+    attrs = link_attrs(msg)
+    if attrs["kind"] != "bridge":
+        raise PodNetworkError(f"failed to set up bridge {name}: a {attrs['kind']} has the name")
+    index = attrs["index"]
     if gateway not in ipv4_addresses(ipr, index):
         _ignore_exists(
             lambda: ipr.addr(
@@ -162,8 +173,17 @@ def ensure_bridge(
             ),
             f"add {gateway} to bridge {name}",
         )
-    ipr.link("set", index=index, state="up")
+    if not attrs["up"]:
+        ipr.link("set", index=index, state="up")
     return index
+
+
+def bridge_index(ipr: IPRoute, name: str) -> int | None:
+    """The bridge's index if it is there and up (the per-Pod check; ensure_bridge repairs)."""
+    msg = get_link(ipr, name)
+    if msg is None or link_kind(msg) != "bridge" or not msg["flags"] & 1:
+        return None
+    return msg["index"]
 
 
 # -- a sandbox's veth ----------------------------------------------------------------------
@@ -178,14 +198,13 @@ def veth_is_ready(
     address: ipaddress.IPv4Interface,
 ) -> bool:
     """Whether an earlier setup finished: host end on the bridge and up, eth0 with the address."""
-    host = link_index(ipr, host_name)
-    eth0 = link_index(pod, POD_IFNAME)
-    if host is None or eth0 is None:
+    host = get_link(ipr, host_name)
+    if host is None or host.get("master") != bridge_index or not host["flags"] & 1:
         return False
-    attrs = link_attrs(ipr, host)
-    if attrs["master"] != bridge_index or not attrs["up"]:
+    eth0 = get_link(pod, POD_IFNAME)
+    if eth0 is None or not eth0["flags"] & 1:
         return False
-    if not link_attrs(pod, eth0)["up"] or address not in ipv4_addresses(pod, eth0):
+    if address not in ipv4_addresses(pod, eth0["index"]):
         return False
     return any(r.get("gateway") for r in pod.get_default_routes(family=AF_INET))
 
@@ -194,14 +213,15 @@ def create_veth(
     ipr: IPRoute, *, host_name: str, netns_fd: int, mtu: int, bridge_index: int
 ) -> None:
     """A veth pair: host_name on the bridge, up, in hairpin mode; its peer made directly in the
-    Pod as eth0."""
-    _delete_quietly(ipr, host_name)  # a half-done earlier attempt
+    Pod as eth0. Neither name may exist yet."""
     try:
         ipr.link(
             "add",
             ifname=host_name,
             kind="veth",
             mtu=mtu,
+            master=bridge_index,
+            state="up",
             peer={"ifname": POD_IFNAME, "net_ns_fd": netns_fd, "mtu": mtu},
         )
     except NetlinkError as err:
@@ -209,7 +229,6 @@ def create_veth(
     index = link_index(ipr, host_name)
     if index is None:
         raise RetryableError(f"failed to create veth {host_name}: it vanished right after")
-    ipr.link("set", index=index, master=bridge_index, state="up")
     # Hairpin: with bridged traffic going through iptables, a Pod reaching itself
     # through a DNAT (a hostPort, a Service) is bridged back out the port it came in on.
     ipr.brport("set", index=index, mode=1)
@@ -222,16 +241,13 @@ def configure_pod_side(
     eth0 = link_index(pod, POD_IFNAME)
     if eth0 is None:
         raise RetryableError("failed to configure the Pod side: eth0 is missing")
-    lo = link_index(pod, "lo")
-    if lo is not None:
-        pod.link("set", index=lo, state="up")
-    if address not in ipv4_addresses(pod, eth0):
-        _ignore_exists(
-            lambda: pod.addr(
-                "add", index=eth0, address=str(address.ip), prefixlen=address.network.prefixlen
-            ),
-            f"add {address} to eth0",
-        )
+    pod.link("set", index=LOOPBACK_INDEX, state="up")
+    _ignore_exists(
+        lambda: pod.addr(
+            "add", index=eth0, address=str(address.ip), prefixlen=address.network.prefixlen
+        ),
+        f"add {address} to eth0",
+    )
     pod.link("set", index=eth0, state="up")
     try:
         pod.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=eth0)
@@ -245,15 +261,12 @@ def delete_link(ipr: IPRoute, name: str) -> bool:
 
 
 def _delete_quietly(ipr: IPRoute, name: str) -> bool:
-    index = link_index(ipr, name)
-    if index is None:
-        return False
     try:
-        ipr.link("del", index=index)
+        ipr.link("del", ifname=name)
     except NetlinkError as err:
-        if err.code != errno.ENODEV:
-            raise _failed(f"delete link {name}", err) from None
-        return False
+        if err.code == errno.ENODEV:
+            return False
+        raise _failed(f"delete link {name}", err) from None
     return True
 
 
