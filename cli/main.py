@@ -15,7 +15,7 @@ import pathlib
 import sys
 from collections.abc import Awaitable, Callable
 
-from cli import apply, describe, expose, get, workloads
+from cli import apply, containers, describe, expose, get, workloads
 from cli.errors import CliError, from_api
 from cli.session import Session
 from machinery import config, errors
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply.register(commands)
     expose.register(commands)
     workloads.register(commands)
+    containers.register(commands)
     return parser
 
 
