@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 from typing import Any, NoReturn
 
-from kubelet.runtime import caps, channel, nsenter, sandboxns, shim
+from kubelet.runtime import caps, channel, nsenter, sandboxns, shim, state
 from kubelet.runtime.interface import RuntimeFailure
 from kubelet.runtime.runc_launcher import RuncLauncher
 
@@ -74,6 +74,7 @@ def serve(fd: int) -> NoReturn:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     caps.last_cap()  # cached here once, inherited by every child
+    state.boot_id()
     gc.freeze()  # keep the garbage collector from touching (and copying) inherited pages
     while True:
         message, fds = channel.recv(server)

@@ -98,7 +98,8 @@ class NativeRuntime:
         self._opts = options
         self._root = Path(options.state_dir).resolve()
         for sub in ("sandboxes", "containers"):
-            (self._root / sub).mkdir(parents=True, exist_ok=True)
+            # Specs hold environment values (secrets among them): root only.
+            (self._root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         self._cgroups = cgroups or detect()
         self._clock = clock or RealClock()
         self._forks = ForkServer(str(self._root / "forkserver.log"))
@@ -567,8 +568,10 @@ class NativeRuntime:
         pid = None
         reason = message = ""
         if exited is None and running is not None:
-            if state.is_alive(running["shim_pid"], running["shim_start"]) or state.is_alive(
-                running["pid"], running["pid_start"]
+            this_boot = running.get("boot_id") == state.boot_id()
+            if this_boot and (
+                state.is_alive(running["shim_pid"], running["shim_start"])
+                or state.is_alive(running["pid"], running["pid_start"])
             ):
                 current, pid = ContainerState.RUNNING, running["pid"]
             else:

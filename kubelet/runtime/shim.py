@@ -28,7 +28,7 @@ from kubelet.runtime import _libc as libc
 from kubelet.runtime import channel, launch
 from kubelet.runtime.logs import LogWriter
 from kubelet.runtime.spec import LaunchSpec
-from kubelet.runtime.state import start_time, write_json
+from kubelet.runtime.state import boot_id, start_time, write_json
 
 DRAIN_S = 2.0  # how long output is still read after the main process exited
 START_ERROR_EXIT_CODE = 128
@@ -129,6 +129,7 @@ def run(spec: LaunchSpec, report: socket.socket, launcher: Launcher) -> NoReturn
             "pid": pid,
             "pid_start": start_time(pid),
             "started_at": started_at,
+            "boot_id": boot_id(),
         },
     )
     channel.send(report, {"ok": True, "pid": pid, "started_at": started_at})

@@ -12,11 +12,13 @@ Layout under the root:
 
 Files are written whole (a temporary file renamed over the name), so a reader sees either
 the old or the new content, never half. A process is identified by pid and start time
-(field 22 of /proc/<pid>/stat), so a recycled pid is never taken for a container.
+(field 22 of /proc/<pid>/stat) within one boot (boot_id), so a recycled pid is never
+taken for a container, not even after the node rebooted.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -38,6 +40,13 @@ def read_json(path: str) -> dict[str, Any] | None:
             return json.loads(f.read())
     except FileNotFoundError:
         return None
+
+
+@functools.cache
+def boot_id() -> str:
+    """This boot's id: pids and start times from another boot name nothing of ours."""
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
 
 
 def _stat_fields(pid: int) -> list[bytes] | None:
