@@ -25,14 +25,19 @@ class ProxyConfig:
         rule off (traffic from the node itself then keeps its source address).
     min_sync_interval: seconds between the starts of two syncs, however many
         changes arrive in between; changes inside the window are batched.
-    resync_interval: seconds between full re-applies of every rule, which
-        repair chains or jumps that someone else removed.
+    resync_interval: seconds between re-applies of every rule, which repair
+        chains, rules or jumps that someone else removed.
+    resync_batch: chains per iptables-restore during a resync. A resync is
+        cut into batches so that a change arriving meanwhile waits for one
+        batch, not for a rewrite of the whole table (seconds at a thousand
+        Services).
     """
 
     cluster_cidr: str | None = None
     masquerade_bit: int = DEFAULT_MASQUERADE_BIT
     min_sync_interval: float = 0.1
     resync_interval: float = 30.0
+    resync_batch: int = 1000
     max_retry_interval: float = 30.0
 
     def __post_init__(self) -> None:
@@ -49,6 +54,10 @@ class ProxyConfig:
         if not 0 <= self.masquerade_bit <= 31:
             raise ValueError(
                 f"proxy config masquerade_bit: must be 0-31, got {self.masquerade_bit}"
+            )
+        if self.resync_batch < 1:
+            raise ValueError(
+                f"proxy config resync_batch: must be at least 1, got {self.resync_batch}"
             )
         for field in ("min_sync_interval", "resync_interval", "max_retry_interval"):
             value = getattr(self, field)

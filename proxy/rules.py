@@ -174,6 +174,37 @@ def restore_text(
     return "\n".join(lines) + "\n" if lines else ""
 
 
+def chains_text(ruleset: Ruleset, keys: Iterable[ChainKey]) -> str:
+    """iptables-restore --noflush input rewriting exactly these chains of `ruleset`."""
+    wanted = set(keys)
+    lines: list[str] = []
+    for table in c.TABLES:
+        write = [key for key in ruleset.chains if key[0] == table and key in wanted]
+        if write:
+            lines.extend(_table_text(table, ruleset, write, []))
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def repair_order(ruleset: Ruleset) -> list[ChainKey]:
+    """Every chain, each after the chains it jumps to, so that any prefix can be restored alone.
+
+    Restoring a chain whose jump target is missing fails; in this order a
+    target someone deleted is re-created before anything that refers to it.
+    """
+
+    def depth(key: ChainKey) -> int:
+        chain = key[1]
+        if chain.startswith(c.SEP_PREFIX):
+            return 1  # jumps to MARK-MASQ only
+        if chain.startswith(c.SVC_PREFIX):
+            return 2
+        if chain in (c.SERVICES, c.NODEPORTS, c.EXTERNAL_SERVICES):
+            return 3
+        return 0  # MARK-MASQ, POSTROUTING, FORWARD: no jumps to our chains
+
+    return sorted(ruleset.chains, key=depth)
+
+
 def _table_text(
     table: str, desired: Ruleset, write: list[ChainKey], delete: list[ChainKey]
 ) -> list[str]:

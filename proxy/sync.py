@@ -1,29 +1,34 @@
 """The sync runner: keeps the kernel's rules equal to what the current view renders to.
 
 One asyncio task (run()) waits for the view to change and then syncs, with
-three rules on timing, all measured on the injected Clock:
+these rules on timing, all measured on the injected Clock:
 
 - at most one sync starts per min_interval; changes arriving inside the window
   are batched into the next sync, which renders whatever the view is by then;
-- every resync_interval a full sync rewrites every chain and re-checks the
-  jumps from the built-in chains, repairing whatever someone else removed;
+- every resync_interval a resync rewrites every chain we own, in batches of
+  resync_batch chains (one iptables-restore each, targets before the chains
+  that jump to them), then re-checks the jumps from the built-in chains:
+  whatever someone else removed is back after one pass. Batches run only
+  while no change is waiting, so a change waits for at most one batch;
 - a failed sync is retried as a full one after a back-off that doubles from
   max(min_interval, 1 s) up to max_retry_interval.
 
 A sync renders the whole view (cheap next to iptables) and compares it with
 the ruleset applied last. Nothing changed: nothing is run. Otherwise a
 partial sync restores only the chains whose rules differ, plus deletions of
-chains no longer wanted, as one iptables-restore. The first sync, and any
-after a failure, knows nothing of the kernel: it lists the KUBELITE-* chains
-already there (a previous run's) so that stale ones are deleted, and writes
-everything. A failed partial sync is followed at once by a full one, since
-the kernel's state is then unknown. After a sync that removed UDP
-endpoints, their conntrack flows are deleted (conntrack.py).
+chains no longer wanted, as one iptables-restore. A full sync (the first of a
+process, and any after a failure) knows nothing of the kernel: it lists the
+KUBELITE-* chains already there (a previous run's) so that stale ones are
+deleted, and writes everything in one iptables-restore. A failed partial sync
+or resync batch is followed at once by a full sync, since the kernel's state
+is then unknown. After a sync that removed UDP endpoints, their conntrack
+flows are deleted (conntrack.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 from collections.abc import Callable
 
@@ -34,13 +39,21 @@ from proxy.config import ProxyConfig
 from proxy.conntrack import Conntrack, ConntrackError, UdpBackends, stale_flow_filters, udp_backends
 from proxy.iptables import Iptables, IptablesError, parse_save
 from proxy.metrics import ProxyMetrics
-from proxy.rules import ChainKey, RenderMemo, Ruleset, render, restore_text
+from proxy.rules import (
+    ChainKey,
+    RenderMemo,
+    Ruleset,
+    chains_text,
+    render,
+    repair_order,
+    restore_text,
+)
 from proxy.state import ProxyState, Snapshot
 
 
 @dataclasses.dataclass(frozen=True)
 class SyncResult:
-    """What one sync did. kind: full | partial | unchanged."""
+    """What one sync did. kind: full | partial | unchanged | resync (one batch of a resync)."""
 
     kind: str
     ok: bool
@@ -80,6 +93,7 @@ class SyncRunner:
         self._not_before = 0.0
         self._next_full = 0.0
         self._failures = 0
+        self._resync: collections.deque[ChainKey] | None = None  # chains left in this resync
         self._observer = observer
         self._conntrack = conntrack
         self._udp: UdpBackends | None = None  # UDP endpoints as of the last successful sync
@@ -97,18 +111,33 @@ class SyncRunner:
         """Sync forever (until cancelled), once both kinds have been listed."""
         while not self._state.listed:
             await self._wait(None)
-        self._next_full = self._clock.monotonic()
+        self._next_full = self._clock.monotonic() + self._config.resync_interval
         while True:
-            now = self._clock.monotonic()
-            full = now >= self._next_full
-            if not full and self._state.generation == self._synced_generation:
-                await self._wait(self._next_full - now)
-                continue
+            await self._step()
+
+    async def _step(self) -> None:
+        """One turn of the loop: a full sync, a partial sync, a resync batch, or a wait."""
+        now = self._clock.monotonic()
+        if self._applied is None:
+            if now < self._not_before:
+                await self._clock.sleep(self._not_before - now)
+            else:
+                await self._sync_and_schedule(full=True)
+            return
+        if self._resync is None and now >= self._next_full:
+            self._resync = collections.deque(repair_order(self._applied))
+            self._next_full = now + self._config.resync_interval
+        if self._state.generation != self._synced_generation:
             if now < self._not_before:
                 # The batching window: changes arriving now join the next sync.
                 await self._clock.sleep(self._not_before - now)
-                continue
-            await self._sync_and_schedule(full=full)
+            else:
+                await self._sync_and_schedule(full=False)
+            return
+        if self._resync:
+            await self._resync_batch()
+            return
+        await self._wait(self._next_full - now)
 
     async def _sync_and_schedule(self, *, full: bool) -> None:
         started = self._clock.monotonic()
@@ -116,13 +145,53 @@ class SyncRunner:
         if result.ok:
             self._failures = 0
             self._not_before = started + self._config.min_sync_interval
-            if result.kind == "full":
-                self._next_full = started + self._config.resync_interval
             return
+        self._failed()
+
+    def _failed(self) -> None:
         self._failures += 1
+        self._resync = None
         base = max(self._config.min_sync_interval, 1.0)
         backoff = min(self._config.max_retry_interval, base * 2 ** (self._failures - 1))
-        self._not_before = self._next_full = self._clock.monotonic() + backoff
+        self._not_before = self._clock.monotonic() + backoff
+
+    async def _resync_batch(self) -> None:
+        """Rewrite the next resync_batch chains as they were last applied; jumps at the end."""
+        assert self._resync is not None and self._applied is not None
+        started = self._clock.monotonic()
+        applied = self._applied
+        batch: list[ChainKey] = []
+        while self._resync and len(batch) < self._config.resync_batch:
+            key = self._resync.popleft()
+            if key in applied.chains:  # a partial sync since may have deleted it
+                batch.append(key)
+        try:
+            async with self._lock:
+                if batch:
+                    await self._iptables.restore(chains_text(applied, batch))
+                inserted = 0 if self._resync else await self._ensure_jumps()
+        except IptablesError as exc:
+            self._applied = None  # unknown now: the next turn does a full sync
+            self._resync = None
+            if self._metrics:
+                self._metrics.sync_failures.inc()
+            self._log.error("failed to resync rules", err=exc)
+            self._report(SyncResult(kind="resync", ok=False, error=str(exc)))
+            return
+        if not self._resync:
+            self._resync = None
+        if self._metrics:
+            elapsed = self._clock.monotonic() - started
+            self._metrics.sync_duration.labels(kind="resync").observe(elapsed)
+        log = self._log.info if inserted else self._log.debug
+        log("resynced rules", chains_written=len(batch), jumps_inserted=inserted)
+        self._report(
+            SyncResult(kind="resync", ok=True, chains_written=len(batch), jumps_inserted=inserted)
+        )
+
+    def _report(self, result: SyncResult) -> None:
+        if self._observer:
+            self._observer(result)
 
     async def _wait(self, timeout: float | None) -> None:
         """Until the view changes or `timeout` seconds pass on the clock."""
@@ -146,8 +215,7 @@ class SyncRunner:
         """
         async with self._lock:
             result = await self._sync(full=full)
-        if self._observer:
-            self._observer(result)
+        self._report(result)
         return result
 
     async def _sync(self, *, full: bool) -> SyncResult:

@@ -260,7 +260,7 @@ async def test_resync_repairs_what_someone_else_removed(netns):
         await clock.advance(1)
         await asyncio.wait_for(synced.wait(), 60)
 
-        assert results[-1].kind == "full" and results[-1].jumps_inserted == 1
+        assert results[-1].kind == "resync" and results[-1].jumps_inserted == 1
         assert tables(netns) == expected
     finally:
         task.cancel()
@@ -402,3 +402,50 @@ async def test_cleanup_removes_every_chain_and_jump_and_nothing_else(host_netns)
     assert "KUBELITE" not in ns_run(host_netns, "iptables-save")
     assert foreign(host_netns) == before and policies(host_netns) == before_policies
     assert await cleanup(iptables) == type(result)(jumps_removed=0, chains_deleted=0)
+
+
+async def test_resync_runs_in_batches_and_a_change_goes_between_them(netns):
+    clock = FakeClock()
+    config = ProxyConfig(
+        cluster_cidr="10.244.0.0/16", min_sync_interval=0.0, resync_interval=30.0, resync_batch=3
+    )
+    state = make_state(clock, [WEB, DB], [WEB_EPS, endpoints("db", ips=["10.244.2.2"])])
+    results: list[SyncResult] = []
+    done = asyncio.Event()
+    moved = endpoints("db", ips=["10.244.2.3"])
+
+    def observe(result: SyncResult) -> None:
+        results.append(result)
+        if result.kind == "resync" and len([r for r in results if r.kind == "resync"]) == 1:
+            state.upsert_endpoints(moved)  # arrives while the resync is under way
+        if result.kind == "resync" and (result.jumps_inserted or not result.ok):
+            done.set()
+
+    runner = SyncRunner(
+        state, IptablesCommand(netns=netns), config=config, clock=clock, observer=observe
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+        while not results:
+            await asyncio.sleep(0.05)
+        ns_run(netns, "iptables", "-t", "nat", "-D", "OUTPUT", "1")  # so the last batch shows
+        await clock.advance(30)
+        await asyncio.wait_for(done.wait(), 60)
+    finally:
+        task.cancel()
+
+    kinds = [r.kind for r in results]
+    assert kinds[0] == "full"
+    assert kinds[1] == "resync" and kinds[2] == "partial"  # the change did not wait for the rest
+    assert kinds[3:] == ["resync"] * (len(kinds) - 3) and len(kinds) > 4
+    assert all(r.ok for r in results)
+    assert all(r.chains_written <= 3 for r in results if r.kind == "resync")
+    assert (
+        sum(r.chains_written for r in results if r.kind == "resync")
+        >= len(runner.applied.chains) - 3
+    )
+    assert owned_chains(netns) == set(runner.applied.chains)
+    saved = tables(netns)
+    dnat = sorted(r.split()[-1] for rs in saved["nat"].values() for r in rs if "DNAT" in r)
+    assert "10.244.2.3:8080" in dnat and "10.244.2.2:8080" not in dnat
+    assert any("KUBELITE-SERVICES" in r for r in saved["nat"]["OUTPUT"])
