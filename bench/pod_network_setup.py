@@ -36,33 +36,27 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import percentile  # noqa: E402
+from kubelet.network import PodNetworkRequest, PortMapping  # noqa: E402
 from kubelet.podnet import BridgeNetwork, PodNetConfig, cleanup  # noqa: E402
-from kubelet.runtime.interface import SandboxId, SandboxState, SandboxStatus  # noqa: E402
 
 NODE_IP = "172.31.255.10"
 POD_CIDR = "10.244.1.0/24"
 
 
-def sandbox(netns: str) -> SandboxStatus:
-    return SandboxStatus(
-        id=SandboxId(netns),
-        name=netns,
+def request(netns: str, mappings: tuple[PortMapping, ...] = ()) -> PodNetworkRequest:
+    return PodNetworkRequest(
         namespace="bench",
+        name=netns,
         uid=f"uid-{netns}",
-        state=SandboxState.READY,
-        created_at=0.0,
-        hostname=netns,
-        network_namespace_path=f"/var/run/netns/{netns}",
-        ips=(),
-        cgroup_path="",
-        labels={},
-        annotations={},
+        sandbox_id=netns,
+        netns_path=f"/var/run/netns/{netns}",
+        pod_cidrs=(POD_CIDR,),
+        port_mappings=mappings,
     )
 
 
-def hostport_pod(index: int) -> dict:
-    port = {"containerPort": 80, "hostPort": 20000 + index}
-    return {"spec": {"containers": [{"name": "c", "ports": [port]}]}}
+def hostport(index: int) -> tuple[PortMapping, ...]:
+    return (PortMapping(host_port=20000 + index, container_port=80),)
 
 
 def timed(call, *args) -> float:
@@ -99,16 +93,16 @@ def inner(args: argparse.Namespace) -> dict:
         )
         network = BridgeNetwork(config)
         try:
-            prepare = timed(network.prepare)
+            prepare = timed(network.prepare, (POD_CIDR,))
             plain, ported, teardown = [], [], []
             for name in names[: args.pods]:
-                plain.append(timed(network.setup, sandbox(name), {}))
+                plain.append(timed(network.setup, request(name)))
             for name in names[: args.pods]:
-                teardown.append(timed(network.teardown, sandbox(name), {}))
+                teardown.append(timed(network.teardown, request(name)))
             for i, name in enumerate(names[: args.pods]):
-                ported.append(timed(network.setup, sandbox(name), hostport_pod(i)))
+                ported.append(timed(network.setup, request(name, hostport(i))))
             for name in names[: args.pods]:
-                network.teardown(sandbox(name), {})
+                network.teardown(request(name))
             concurrent_ms = run_concurrent(network, names[: args.concurrent])
             yardstick = [timed(ip_commands, name, i) for i, name in enumerate(names[:20])]
             for i in range(20):
@@ -134,10 +128,10 @@ def inner(args: argparse.Namespace) -> dict:
 def run_concurrent(network: BridgeNetwork, names: list[str]) -> float:
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(names)) as pool:
-        list(pool.map(lambda n: network.setup(sandbox(n), {}), names))
+        list(pool.map(lambda n: network.setup(request(n)), names))
     elapsed = (time.perf_counter() - start) * 1000
     for name in names:
-        network.teardown(sandbox(name), {})
+        network.teardown(request(name))
     return elapsed
 
 

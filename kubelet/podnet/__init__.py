@@ -1,6 +1,7 @@
 """The Pod network: a bridge per node, a veth per Pod, routes between nodes, NAT at the edges.
 
-    BridgeNetwork(PodNetConfig(...))   setup(sandbox, pod) -> [ip], teardown(sandbox, pod)
+    BridgeNetwork(PodNetConfig(...), pod_cidrs=...)   the kubelet's PodNetwork (kubelet/network.py):
+                                       setup(request) -> PodNetworkResult, teardown, status
     RouteSyncer(node_name=...)         apply(nodes) -> RouteSyncResult
     RouteController(informer, syncer)  run(): Node objects drive apply
     cleanup(prefix, state_dir=...)     removes all of it
@@ -12,7 +13,7 @@ traffic, on one node or across nodes, is routed and never NATed; traffic from
 the node's Pods to outside the cluster CIDR is masqueraded.
 """
 
-from kubelet.podnet.bridge import BridgeNetwork
+from kubelet.podnet.bridge import BridgeNetwork, NoPodCidr
 from kubelet.podnet.cleanup import CleanupResult, cleanup
 from kubelet.podnet.config import (
     ROUTE_PROTOCOL,
@@ -29,6 +30,7 @@ __all__ = [
     "BridgeNetwork",
     "CleanupResult",
     "ConfigError",
+    "NoPodCidr",
     "PodNetConfig",
     "PodNetworkError",
     "RetryableError",

@@ -17,6 +17,8 @@ import ipaddress
 import re
 from pathlib import Path
 
+from kubelet.network import NetworkError
+
 # An unassigned routing protocol number (rt_protos lists 0-18 and a few above
 # 42; 75 is free), so the route syncer can tell its routes from everyone else's.
 ROUTE_PROTOCOL = 0x4B
@@ -25,7 +27,7 @@ _PREFIX = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 IFNAMSIZ = 15
 
 
-class PodNetworkError(Exception):
+class PodNetworkError(NetworkError):
     """A Pod network operation failed; the message names the object and the cause.
 
     `retryable` says whether the same call may succeed later unchanged (a busy
@@ -80,15 +82,16 @@ def check_prefix(prefix: str) -> str:
 class PodNetConfig:
     """One node's Pod network.
 
-    pod_cidr is the node's spec.podCIDR; cluster_cidr holds every node's (traffic
-    from a Pod to outside it is masqueraded). uplink names the interface whose MTU
-    the Pods get; empty means the one holding node_ip. mtu, when set, wins over
-    the uplink's."""
+    cluster_cidr holds every node's Pods (traffic from a Pod to outside it is
+    masqueraded). pod_cidr is the node's spec.podCIDR; empty means it is learnt
+    later (from the kubelet's requests, see BridgeNetwork). uplink names the
+    interface whose MTU the Pods get; empty means the one holding node_ip. mtu,
+    when set, wins over the uplink's."""
 
-    pod_cidr: str
     cluster_cidr: str
     node_ip: str
     state_dir: Path
+    pod_cidr: str = ""
     prefix: str = "kubelite"
     uplink: str = ""
     mtu: int = 0
@@ -96,12 +99,9 @@ class PodNetConfig:
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
-        pod = _network("pod_cidr", self.pod_cidr)
-        cluster = _network("cluster_cidr", self.cluster_cidr)
-        if pod.prefixlen > 30:
-            raise ConfigError(f"pod_cidr {self.pod_cidr} is too small: it needs a /30 or larger")
-        if not pod.subnet_of(cluster):
-            raise ConfigError(f"pod_cidr {self.pod_cidr} is not inside cluster_cidr {cluster}")
+        _network("cluster_cidr", self.cluster_cidr)
+        if self.pod_cidr:
+            check_pod_cidr(self.pod_cidr, self.cluster_cidr)
         try:
             ipaddress.IPv4Address(self.node_ip)
         except ValueError:
@@ -110,9 +110,14 @@ class PodNetConfig:
             raise ConfigError(f"invalid mtu {self.mtu}: want 576-65535, or 0 for the uplink's")
         object.__setattr__(self, "state_dir", Path(self.state_dir))
 
+    def with_pod_cidr(self, pod_cidr: str) -> PodNetConfig:
+        return dataclasses.replace(self, pod_cidr=pod_cidr)
+
     @property
     def network(self) -> ipaddress.IPv4Network:
-        return ipaddress.IPv4Network(self.pod_cidr, strict=False)
+        if not self.pod_cidr:
+            raise ConfigError("the node's podCIDR is not known yet")
+        return ipaddress.IPv4Network(self.pod_cidr)
 
     @property
     def gateway(self) -> ipaddress.IPv4Address:
@@ -126,6 +131,15 @@ class PodNetConfig:
     @property
     def chains(self) -> Chains:
         return Chains.for_prefix(self.prefix)
+
+
+def check_pod_cidr(pod_cidr: str, cluster_cidr: str) -> ipaddress.IPv4Network:
+    pod = _network("pod_cidr", pod_cidr)
+    if pod.prefixlen > 30:
+        raise ConfigError(f"pod_cidr {pod_cidr} is too small: it needs a /30 or larger")
+    if not pod.subnet_of(ipaddress.IPv4Network(cluster_cidr)):
+        raise ConfigError(f"pod_cidr {pod_cidr} is not inside cluster_cidr {cluster_cidr}")
+    return pod
 
 
 def _network(field: str, value: str) -> ipaddress.IPv4Network:

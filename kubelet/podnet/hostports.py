@@ -1,7 +1,8 @@
 """hostPort: which node ports a Pod asks for, and the per-sandbox records the rules come from.
 
-A Pod's hostPorts come from spec.containers[*].ports[*] (hostPort > 0;
-protocol TCP or UDP, TCP by default; hostIP optional). Each sandbox with any
+A Pod's hostPorts come in the kubelet's request as PortMappings (from
+spec.containers[*].ports[*] with a hostPort; protocol TCP or UDP, hostIP
+optional, 0.0.0.0 meaning any). Each sandbox with any
 has one record file under the state directory, written atomically (temp file
 and rename), holding its Pod and mappings; the nat chains are rendered from
 all records at once, so the rules of every Pod survive a kubelet restart and
@@ -13,11 +14,13 @@ refused, naming the holder.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from kubelet.network import PortMapping
 from kubelet.podnet.config import PodNetworkError, RetryableError
 from kubelet.podnet.iptables import HostPort
 
@@ -45,31 +48,27 @@ class PortRequest:
         return f"{self.host_ip or '*'}:{self.host_port}/{self.protocol}"
 
 
-def requested_ports(pod: dict[str, Any]) -> list[PortRequest]:
-    """The Pod's hostPorts; PodNetworkError names the first bad one by its field path."""
-    result = []
-    for ci, container in enumerate(pod.get("spec", {}).get("containers") or []):
-        for pi, port in enumerate(container.get("ports") or []):
-            if not port.get("hostPort"):
-                continue
-            result.append(_port_request(port, f"spec.containers[{ci}].ports[{pi}]"))
-    return result
+def port_requests(mappings: Sequence[PortMapping], *, pod: str) -> list[PortRequest]:
+    """The kubelet's port mappings as requests; PodNetworkError names the first bad one."""
+    return [_port_request(m, f"hostPort mapping {i} of Pod {pod}") for i, m in enumerate(mappings)]
 
 
-def _port_request(port: dict[str, Any], where: str) -> PortRequest:
-    protocol = PROTOCOLS.get(str(port.get("protocol") or "TCP").upper())
+def _port_request(mapping: PortMapping, where: str) -> PortRequest:
+    protocol = PROTOCOLS.get(str(mapping.protocol or "TCP").upper())
     if protocol is None:
         raise PodNetworkError(
-            f"unsupported hostPort protocol {port.get('protocol')!r} at {where}: want TCP or UDP"
+            f"unsupported protocol {mapping.protocol!r} in {where}: want TCP or UDP"
         )
-    host_port, container_port = port.get("hostPort"), port.get("containerPort")
-    for name, value in (("hostPort", host_port), ("containerPort", container_port)):
+    for name, value in (("hostPort", mapping.host_port), ("containerPort", mapping.container_port)):
         if not isinstance(value, int) or not 1 <= value <= 65535:
-            raise PodNetworkError(f"invalid {where}.{name} {value!r}: want 1-65535")
-    host_ip = port.get("hostIP") or ""
-    if host_ip == "0.0.0.0":
-        host_ip = ""
-    return PortRequest(protocol, host_port, container_port, host_ip)
+            raise PodNetworkError(f"invalid {name} {value!r} in {where}: want 1-65535")
+    host_ip = mapping.host_ip if mapping.host_ip != "0.0.0.0" else ""
+    if host_ip:
+        try:
+            ipaddress.IPv4Address(host_ip)
+        except ValueError:
+            raise PodNetworkError(f"invalid hostIP {host_ip!r} in {where}: want IPv4") from None
+    return PortRequest(protocol, mapping.host_port, mapping.container_port, host_ip)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -98,7 +98,7 @@ def get_link(ipr: IPRoute, name: str) -> Any | None:
     except NetlinkError as err:
         if err.code == errno.ENODEV:
             return None
-        raise _failed(f"look up link {name}", err) from None
+        raise failed(f"look up link {name}", err) from None
 
 
 def link_index(ipr: IPRoute, name: str) -> int | None:
@@ -158,7 +158,7 @@ def ensure_bridge(
             ipr.link("add", ifname=name, kind="bridge", address=mac, mtu=mtu)
         except NetlinkError as err:
             if err.code != errno.EEXIST:  # a concurrent setup made it first
-                raise _failed(f"create bridge {name}", err) from None
+                raise failed(f"create bridge {name}", err) from None
         msg = get_link(ipr, name)
         if msg is None:
             raise RetryableError(f"failed to create bridge {name}: it vanished right after")
@@ -225,7 +225,7 @@ def create_veth(
             peer={"ifname": POD_IFNAME, "net_ns_fd": netns_fd, "mtu": mtu},
         )
     except NetlinkError as err:
-        raise _failed(f"create veth {host_name}", err) from None
+        raise failed(f"create veth {host_name}", err) from None
     index = link_index(ipr, host_name)
     if index is None:
         raise RetryableError(f"failed to create veth {host_name}: it vanished right after")
@@ -252,7 +252,7 @@ def configure_pod_side(
     try:
         pod.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=eth0)
     except NetlinkError as err:
-        raise _failed(f"add the default route via {gateway}", err) from None
+        raise failed(f"add the default route via {gateway}", err) from None
 
 
 def delete_link(ipr: IPRoute, name: str) -> bool:
@@ -266,7 +266,7 @@ def _delete_quietly(ipr: IPRoute, name: str) -> bool:
     except NetlinkError as err:
         if err.code == errno.ENODEV:
             return False
-        raise _failed(f"delete link {name}", err) from None
+        raise failed(f"delete link {name}", err) from None
     return True
 
 
@@ -275,10 +275,10 @@ def _ignore_exists(call: Any, what: str) -> None:
         call()
     except NetlinkError as err:
         if err.code != errno.EEXIST:
-            raise _failed(what, err) from None
+            raise failed(what, err) from None
 
 
-def _failed(what: str, err: NetlinkError) -> PodNetworkError:
+def failed(what: str, err: NetlinkError) -> PodNetworkError:
     cls = (
         RetryableError
         if err.code in (errno.EBUSY, errno.EAGAIN, errno.ENOBUFS)

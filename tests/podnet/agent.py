@@ -6,8 +6,10 @@ line on stdin; each answer is one line on stdout: {"ok": true, ...} or
 {"ok": false, "error": "...", "type": "...", "retryable": bool}.
 
     {"op": "init", "config": {...PodNetConfig fields...}}
-    {"op": "setup", "sandbox": {"id", "uid", "name", "namespace", "netns"}, "pod": {...}}
+    {"op": "setup", "sandbox": {"id", "uid", "name", "namespace", "netns"}, "pod": {...},
+     "pod_cidrs": [...]}         (the request is built from these as the kubelet builds it)
     {"op": "teardown", "sandbox": {...}, "pod": {...}}
+    {"op": "status"}
     {"op": "routes", "node_name": "n1", "nodes": [Node objects]}
     {"op": "resync"} | {"op": "cleanup", "prefix": "...", "state_dir": "..."}
 """
@@ -18,24 +20,32 @@ import json
 import sys
 from typing import Any
 
+from kubelet.network import PodNetworkRequest, PortMapping
 from kubelet.podnet import BridgeNetwork, PodNetConfig, RouteSyncer, cleanup
-from kubelet.runtime.interface import SandboxId, SandboxState, SandboxStatus
 
 
-def sandbox_status(spec: dict[str, Any]) -> SandboxStatus:
-    return SandboxStatus(
-        id=SandboxId(spec["id"]),
-        name=spec.get("name", spec["id"]),
-        namespace=spec.get("namespace", "default"),
-        uid=spec.get("uid", spec["id"]),
-        state=SandboxState.READY,
-        created_at=0.0,
-        hostname=spec.get("name", spec["id"]),
-        network_namespace_path=spec.get("netns"),
-        ips=(),
-        cgroup_path="",
-        labels={},
-        annotations={},
+def network_request(message: dict[str, Any]) -> PodNetworkRequest:
+    """What the kubelet's Pod worker would hand the plugin for this sandbox and Pod."""
+    sandbox, pod = message["sandbox"], message.get("pod") or {}
+    mappings = [
+        PortMapping(
+            host_port=port["hostPort"],
+            container_port=port.get("containerPort", 0),
+            protocol=port.get("protocol", "TCP"),
+            host_ip=port.get("hostIP", ""),
+        )
+        for container in pod.get("spec", {}).get("containers") or []
+        for port in container.get("ports") or []
+        if port.get("hostPort")
+    ]
+    return PodNetworkRequest(
+        namespace=sandbox.get("namespace", "default"),
+        name=sandbox.get("name", sandbox["id"]),
+        uid=sandbox.get("uid", sandbox["id"]),
+        sandbox_id=sandbox["id"],
+        netns_path=sandbox.get("netns") or "",
+        pod_cidrs=tuple(message.get("pod_cidrs", ())),
+        port_mappings=tuple(mappings),
     )
 
 
@@ -47,14 +57,15 @@ class Agent:
         op = request["op"]
         if op == "init":
             self.network = BridgeNetwork(PodNetConfig(**request["config"]))
-            self.network.prepare()
             return {}
         if op == "setup":
-            ips = self._network().setup(sandbox_status(request["sandbox"]), request.get("pod", {}))
-            return {"ips": ips}
+            return {"ips": list(self._network().setup(network_request(request)).ips)}
         if op == "teardown":
-            self._network().teardown(sandbox_status(request["sandbox"]), request.get("pod", {}))
+            self._network().teardown(network_request(request))
             return {}
+        if op == "status":
+            status = self._network().status()
+            return {"ready": status.ready, "message": status.message}
         if op == "resync":
             self._network().resync()
             return {}

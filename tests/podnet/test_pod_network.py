@@ -45,6 +45,12 @@ def iptables_rules(netns: str) -> list[str]:
     return sorted(line for line in saved if line.startswith("-A ") or line.endswith(" - [0:0]"))
 
 
+def held_ips(node: Node) -> list[str]:
+    """The addresses the node's state directory holds."""
+    directory = node.state_dir / "ips"
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
 def apply_routes(topology: Topology, nodes: list[Node]) -> None:
     objects = [n.object() for n in nodes]
     for node in nodes:
@@ -136,9 +142,7 @@ def test_ips_are_never_handed_out_twice_by_concurrent_processes(topology: Topolo
     assert set(ips) == {f"10.244.1.{i}" for i in range(2, 15)}
     assert [a["type"] for a in refused] == ["RangeExhausted"] * 3
     assert all(a["retryable"] and "10.244.1.0/28" in a["error"] for a in refused)
-    assert sorted(p.name for p in (n1.state_dir / "ips").iterdir() if p.name[0].isdigit()) == (
-        sorted(ips)
-    )
+    assert held_ips(n1) == sorted(ips)
 
 
 def test_setup_is_idempotent_and_ips_survive_a_restart(topology: Topology) -> None:
@@ -219,16 +223,34 @@ def test_forward_policy_drop_is_kept_and_pod_traffic_still_flows(topology: Topol
     assert ":FORWARD DROP" in saved and "PODNET" not in saved
 
 
-def test_host_network_pod_gets_the_node_ip_and_nothing_else(topology: Topology) -> None:
-    n1 = topology.add_node(1)
-    before = set(links(n1.netns))
-    sandbox = {"id": "sb-host", "uid": "uid-host", "name": "host", "netns": None}
-    pod = {"spec": {"hostNetwork": True, **pod_spec({"containerPort": 80, "hostPort": 80})["spec"]}}
+def test_pod_cidr_arrives_later_and_is_kept_in_the_state_directory(topology: Topology) -> None:
+    n1 = topology.add_node(1, start_agent=False)
+    cidr = n1.pod_cidr
+    agent = topology.start_agent(n1, pod_cidr="")
+    assert agent.call("status") == {
+        "ok": True,
+        "ready": True,
+        "message": "waiting for the node's podCIDR from the first Pod",
+    }
+    a = topology.add_pod_namespace(n1, "a")
+    early = agent.request("setup", sandbox=a.sandbox(), pod={})
+    assert not early["ok"] and early["type"] == "NoPodCidr" and early["retryable"]
 
-    assert n1.agent.call("setup", sandbox=sandbox, pod=pod)["ips"] == [n1.ip]
-    assert set(links(n1.netns)) == before
-    assert "DNAT" not in ns_run(n1.netns, "iptables-save", "-t", "nat")
-    n1.agent.call("teardown", sandbox=sandbox, pod=pod)
+    ip = agent.call("setup", sandbox=a.sandbox(), pod={}, pod_cidrs=["fd00::/64", cidr])["ips"]
+    assert ip[0].startswith("10.244.1.")
+    assert agent.call("status")["message"] == f"bridge {topology.prefix}0 on {cidr}"
+
+    # A restarted plugin knows the range from its state directory, and refuses another.
+    agent.close()
+    restarted = topology.start_agent(n1, pod_cidr="")
+    assert restarted.call("status")["ready"]
+    assert restarted.call("setup", sandbox=a.sandbox(), pod={})["ips"] == ip
+    moved = restarted.request("setup", sandbox=a.sandbox(), pod={}, pod_cidrs=["10.244.9.0/24"])
+    assert not moved["ok"] and "changed from 10.244.1.0/24 to 10.244.9.0/24" in moved["error"]
+    restarted.close()
+    other = topology.start_agent(n1, pod_cidr="10.244.7.0/24")
+    answer = other.call("status")
+    assert not answer["ready"] and "holds Pods of podCIDR 10.244.1.0/24" in answer["message"]
 
 
 @pytest.mark.parametrize(
@@ -237,13 +259,13 @@ def test_host_network_pod_gets_the_node_ip_and_nothing_else(topology: Topology) 
         pytest.param(
             pod_spec({"containerPort": 80, "hostPort": 80, "protocol": "SCTP"}),
             None,
-            "unsupported hostPort protocol 'SCTP' at spec.containers[0].ports[0]",
+            "unsupported protocol 'SCTP' in hostPort mapping 0 of Pod default/x",
             id="sctp-host-port",
         ),
         pytest.param(
             pod_spec({"containerPort": 0, "hostPort": 80}),
             None,
-            "invalid spec.containers[0].ports[0].containerPort 0",
+            "invalid containerPort 0 in hostPort mapping 0 of Pod default/x",
             id="container-port-zero",
         ),
         pytest.param({}, "/var/run/netns/does-not-exist", "does-not-exist", id="netns-missing"),
@@ -260,7 +282,7 @@ def test_bad_setups_are_refused_before_an_ip_is_taken(
     answer = n1.agent.request("setup", sandbox=sandbox, pod=pod)
 
     assert not answer["ok"] and expected in answer["error"]
-    assert not [p for p in (n1.state_dir / "ips").iterdir() if p.name[0].isdigit()]
+    assert held_ips(n1) == []
 
 
 def test_teardown_and_cleanup_leave_nothing_behind(topology: Topology) -> None:
@@ -281,8 +303,7 @@ def test_teardown_and_cleanup_leave_nothing_behind(topology: Topology) -> None:
     n1.agent.call("teardown", sandbox=gone.sandbox(), pod={})
     assert set(links(n1.netns)) == baseline[0] | {f"{topology.prefix}0"}
     assert set(links(a.netns)) == {"lo"}
-    state = [p.name for p in (n1.state_dir / "ips").iterdir() if p.name[0].isdigit()]
-    assert state == [] and list((n1.state_dir / "hostports").iterdir()) == []
+    assert held_ips(n1) == [] and list((n1.state_dir / "hostports").iterdir()) == []
 
     answer = n1.agent.call("cleanup", prefix=topology.prefix, state_dir=str(n1.state_dir))
     assert answer == {"ok": True, "links": 1, "routes": 1, "chains": 2}

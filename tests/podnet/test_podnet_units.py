@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
+from kubelet.network import NetworkError, PortMapping
 from kubelet.podnet.config import ConfigError, PodNetConfig, PodNetworkError, veth_name
-from kubelet.podnet.hostports import HostPortRecord, HostPortStore, PortRequest, requested_ports
+from kubelet.podnet.hostports import HostPortRecord, HostPortStore, PortRequest, port_requests
 from kubelet.podnet.ipam import IpAllocator, Owner, RangeExhausted
 from kubelet.podnet.iptables import HostPort, jumps, parse_table, render_nat
 from kubelet.podnet.routes import plan_routes
-from tests.podnet.conftest import pod_spec
 
 
 def config(**overrides: Any) -> PodNetConfig:
@@ -61,6 +61,13 @@ def node(name: str, cidr: str | None = None, ip: str | None = None) -> dict[str,
 def test_bad_config_is_refused_naming_the_field(overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         config(**overrides)
+
+
+def test_config_errors_are_the_kubelets_network_errors() -> None:
+    assert issubclass(ConfigError, NetworkError) and issubclass(RangeExhausted, NetworkError)
+    assert config(pod_cidr="").pod_cidr == ""  # learnt later
+    with pytest.raises(ConfigError, match="not known yet"):
+        _ = config(pod_cidr="").network
 
 
 def test_config_names_come_from_the_prefix() -> None:
@@ -181,49 +188,47 @@ def test_jumps_already_in_place_are_recognised() -> None:
 
 
 @pytest.mark.parametrize(
-    ("port", "expected"),
+    ("mapping", "expected"),
     [
-        pytest.param({"containerPort": 80}, [], id="no-host-port"),
+        pytest.param(PortMapping(8080, 80), PortRequest("tcp", 8080, 80), id="tcp"),
         pytest.param(
-            {"containerPort": 80, "hostPort": 8080}, [PortRequest("tcp", 8080, 80)], id="tcp"
+            PortMapping(53, 53, "UDP", "0.0.0.0"), PortRequest("udp", 53, 53), id="udp-any-address"
         ),
         pytest.param(
-            {"containerPort": 53, "hostPort": 53, "protocol": "UDP", "hostIP": "0.0.0.0"},
-            [PortRequest("udp", 53, 53)],
-            id="udp-any-address",
-        ),
-        pytest.param(
-            {"containerPort": 80, "hostPort": 80, "hostIP": "172.31.0.11"},
-            [PortRequest("tcp", 80, 80, "172.31.0.11")],
+            PortMapping(80, 80, "tcp", "172.31.0.11"),
+            PortRequest("tcp", 80, 80, "172.31.0.11"),
             id="host-ip",
         ),
     ],
 )
-def test_requested_ports(port: dict, expected: list[PortRequest]) -> None:
-    assert requested_ports(pod_spec(port)) == expected
+def test_port_requests(mapping: PortMapping, expected: PortRequest) -> None:
+    assert port_requests([mapping], pod="default/a") == [expected]
 
 
 @pytest.mark.parametrize(
-    ("port", "message"),
+    ("mapping", "message"),
     [
         pytest.param(
-            {"containerPort": 80, "hostPort": 80, "protocol": "SCTP"},
-            "unsupported hostPort protocol 'SCTP' at spec.containers[0].ports[0]",
+            PortMapping(80, 80, "SCTP"),
+            "unsupported protocol 'SCTP' in hostPort mapping 0 of Pod default/a",
             id="sctp",
         ),
         pytest.param(
-            {"containerPort": 80, "hostPort": 70000},
-            "invalid spec.containers[0].ports[0].hostPort 70000",
+            PortMapping(70000, 80),
+            "invalid hostPort 70000 in hostPort mapping 0 of Pod default/a",
             id="port-range",
         ),
         pytest.param(
-            {"hostPort": 80}, "invalid spec.containers[0].ports[0].containerPort None", id="missing"
+            PortMapping(80, 0), "invalid containerPort 0 in hostPort mapping 0", id="missing"
+        ),
+        pytest.param(
+            PortMapping(80, 80, host_ip="node-1"), "invalid hostIP 'node-1'", id="host-ip"
         ),
     ],
 )
-def test_bad_host_ports_are_refused_naming_the_field(port: dict, message: str) -> None:
+def test_bad_host_ports_are_refused_naming_the_mapping(mapping: PortMapping, message: str) -> None:
     with pytest.raises(PodNetworkError) as err:
-        requested_ports(pod_spec(port))
+        port_requests([mapping], pod="default/a")
     assert message in str(err.value)
 
 
