@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import select
 import shutil
 import signal
@@ -180,67 +181,72 @@ class NativeRuntime:
         sandbox_id = SandboxId(new_id())
         directory = self._sandbox_dir(sandbox_id)
         (directory / "ns").mkdir(parents=True)
+        record = self._sandbox_record_for(sandbox_id, config)
+        # Written first, marked stopped, so that a failure (or a crash) half-way leaves a
+        # record that teardown and remove_sandbox can follow.
+        state.write_json(str(directory / "sandbox.json"), record)
         try:
-            record = self._make_sandbox(sandbox_id, config, directory)
+            self._make_sandbox(record, config, directory)
         except BaseException:
             self._teardown_sandbox(sandbox_id, directory)
             raise
+        record["stopped"] = False
         state.write_json(str(directory / "sandbox.json"), record)
         log.info("started sandbox", pod=f"{config.namespace}/{config.name}", sandbox=sandbox_id)
         return sandbox_id
 
-    def _make_sandbox(
-        self, sandbox_id: str, config: SandboxConfig, directory: Path
-    ) -> dict[str, Any]:
-        hostname = config.hostname or config.name
+    def _sandbox_record_for(self, sandbox_id: str, config: SandboxConfig) -> dict[str, Any]:
         ns = config.namespaces
-        files = render_etc_files(config, hostname=hostname, ips=())
-        for name, content in files.items():
-            (directory / name).write_text(content)
-        pod_cgroup = f"{self._opts.cgroup_root}/pod{config.uid}"
-        self._cgroups.create(pod_cgroup, config.resources, restrict_devices=False)
-        kinds = [] if ns.ipc == NamespaceMode.NODE else ["ipc"]
-        if ns.network != NamespaceMode.NODE:
-            kinds += ["net", "uts"]
-        shm = None
-        if ns.ipc != NamespaceMode.NODE:
-            shm = str(directory / "shm")
-            os.mkdir(shm)
-        reply = self._call(
-            "sandbox",
-            {
-                "kinds": tuple(kinds),
-                "hostname": hostname,
-                "ns_dir": str(directory / "ns"),
-                "shm_dir": shm,
-            },
-        )
-        namespaces: dict[str, str] = reply["paths"]
-        pause = None
-        if ns.pid == NamespaceMode.POD:
-            pause = self._start_pause(pod_cgroup, namespaces, directory)
-            namespaces["pid"] = str(directory / "ns" / "pid")
         return {
             "id": sandbox_id,
             "name": config.name,
             "namespace": config.namespace,
             "uid": config.uid,
-            "hostname": hostname,
+            "hostname": config.hostname or config.name,
             "created_at": self._clock.now(),
-            "namespaces": namespaces,
+            "namespaces": {},
             "pid_mode": ns.pid.value,
             "host_network": ns.network == NamespaceMode.NODE,
-            "shm_dir": shm,
-            "pause": pause,
-            "cgroup": pod_cgroup,
+            "shm_dir": None,
+            "pause": None,
+            "cgroup": f"{self._opts.cgroup_root}/pod{config.uid}",
             "log_directory": config.log_directory,
             "dns": dataclasses.asdict(config.dns),
             "host_aliases": [dataclasses.asdict(a) for a in config.host_aliases],
             "ips": [],
-            "stopped": False,
+            "stopped": True,
             "labels": dict(config.labels),
             "annotations": dict(config.annotations),
         }
+
+    def _make_sandbox(self, record: dict[str, Any], config: SandboxConfig, directory: Path) -> None:
+        """Make the Pod's files, cgroup, namespaces and pause process, recording each."""
+        path = str(directory / "sandbox.json")
+        ns = config.namespaces
+        for name, content in render_etc_files(config, hostname=record["hostname"], ips=()).items():
+            (directory / name).write_text(content)
+        self._cgroups.create(record["cgroup"], config.resources, restrict_devices=False)
+        kinds = [] if ns.ipc == NamespaceMode.NODE else ["ipc"]
+        if ns.network != NamespaceMode.NODE:
+            kinds += ["net", "uts"]
+        if ns.ipc != NamespaceMode.NODE:
+            record["shm_dir"] = str(directory / "shm")
+            os.mkdir(record["shm_dir"])
+        reply = self._call(
+            "sandbox",
+            {
+                "kinds": tuple(kinds),
+                "hostname": record["hostname"],
+                "ns_dir": str(directory / "ns"),
+                "shm_dir": record["shm_dir"],
+            },
+        )
+        record["namespaces"] = reply["paths"]
+        state.write_json(path, record)
+        if ns.pid == NamespaceMode.POD:
+            record["pause"] = self._start_pause(record["cgroup"], record["namespaces"], directory)
+            record["namespaces"]["pid"] = str(directory / "ns" / "pid")
+            state.write_json(path, record)
 
     def _start_pause(self, pod_cgroup: str, namespaces: dict[str, str], directory: Path) -> dict:
         cgroup = f"{pod_cgroup}/pause-{directory.name[:12]}"
@@ -284,10 +290,12 @@ class NativeRuntime:
 
     def _teardown_sandbox(self, sandbox_id: str, directory: Path) -> None:
         record = state.read_json(str(directory / "sandbox.json")) or {}
+        pause = record.get("pause")
+        if pause:
+            _kill_and_wait(pause["pid"], pause["start"])
         for name in ("net", "uts", "ipc", "pid"):
             _unmount_if_mounted(str(directory / "ns" / name))
         _unmount_if_mounted(str(directory / "shm"))
-        pause = record.get("pause")
         if pause:
             self._cgroups.remove(pause["cgroup"])
         cgroup = record.get("cgroup")
@@ -802,15 +810,22 @@ def _unmount_if_mounted(path: str) -> None:
         pass  # not mounted (or never created): nothing to release
 
 
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+HOSTNAME = re.compile(
+    r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+
+
 def _validate_sandbox(config: SandboxConfig) -> None:
     problems = []
     if not config.name:
         problems.append("name is empty")
-    if not config.uid:
-        problems.append("uid is empty")
+    # The uid names the Pod's cgroup directory: nothing that could climb out of it.
+    if not SAFE_NAME.match(config.uid):
+        problems.append(f"uid {config.uid!r} must be letters, digits, '.', '_' or '-'")
     hostname = config.hostname or config.name
-    if len(hostname) > 64:
-        problems.append(f"hostname {hostname!r} is longer than 64 characters")
+    if len(hostname) > 63 or not HOSTNAME.match(hostname):
+        problems.append(f"hostname {hostname!r} is not a valid host name (RFC 1123, 63 chars)")
     if config.log_directory and not os.path.isabs(config.log_directory):
         problems.append(f"log_directory {config.log_directory!r} is not absolute")
     if problems:
@@ -821,8 +836,8 @@ def _validate_sandbox(config: SandboxConfig) -> None:
 
 def _validate_container(config: ContainerConfig, *, where: str) -> None:
     problems = []
-    if not config.name:
-        problems.append("name is empty")
+    if not SAFE_NAME.match(config.name):
+        problems.append("name must be letters, digits, '.', '_' or '-'")
     if not config.argv:
         problems.append("argv is empty (neither command nor image Entrypoint/Cmd)")
     if not config.layers:
