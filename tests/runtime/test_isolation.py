@@ -61,6 +61,16 @@ def test_hostname_is_the_pods(runtime: NativeRuntime, busybox_rootfs: Path):
             "mknod /tmp/disk b 8 0 && head -c1 /tmp/disk", "not permitted", id="block-device"
         ),
         pytest.param("date -s 2000-01-01", "not permitted", id="clock"),
+        pytest.param(
+            "echo junk > /tmp/m.ko; insmod /tmp/m.ko",
+            "not permitted",
+            id="load-module",
+            marks=pytest.mark.skipif(
+                not Path("/proc/modules").exists(), reason="this kernel has no module support"
+            ),
+        ),
+        pytest.param("unshare -m true", "not permitted", id="new-namespace"),
+        pytest.param(f"kill -TERM {os.getpid()}", "no such process", id="signal-the-node"),
     ],
 )
 def test_privileged_operations_are_refused(
