@@ -41,6 +41,7 @@ UPLINK_MTU = 1400
 SERVER = """
 import socket, sys
 proto, port = sys.argv[1], int(sys.argv[2])
+label = (sys.argv[3] + " ").encode() if len(sys.argv) > 3 else b""
 kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
 sock = socket.socket(socket.AF_INET, kind)
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -51,11 +52,11 @@ print("ready", flush=True)
 while True:
     if proto == "tcp":
         conn, peer = sock.accept()
-        conn.sendall(peer[0].encode() + b"\\n")
+        conn.sendall(label + peer[0].encode() + b"\\n")
         conn.close()
     else:
         _, peer = sock.recvfrom(100)
-        sock.sendto(peer[0].encode(), peer)
+        sock.sendto(label + peer[0].encode(), peer)
 """
 
 # Prints the address the server saw us come from, or "error: ...".
@@ -284,9 +285,11 @@ class Topology:
         run("ip", "netns", "del", name)
         self.namespaces.remove(name)
 
-    def serve(self, netns: str, port: int, *, proto: str = "tcp") -> None:
+    def serve(self, netns: str, port: int, *, proto: str = "tcp", label: str = "") -> None:
+        """A server answering with the client's address as it sees it (after "label ")."""
+        argv = [sys.executable, "-c", SERVER, proto, str(port), *([label] if label else [])]
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", netns, sys.executable, "-c", SERVER, proto, str(port)],
+            ["ip", "netns", "exec", netns, *argv],
             stdout=subprocess.PIPE,
             text=True,
         )
