@@ -42,7 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated etcd client endpoints (host:port) (default: %(default)s)",
     )
     parser.add_argument(
-        "--listen", default="127.0.0.1:6443", help="gRPC address (default: %(default)s)"
+        "--listen",
+        default="127.0.0.1:6443",
+        help="gRPC address(es), comma-separated (default: %(default)s)",
     )
     parser.add_argument(
         "--etcd-prefix",

@@ -34,7 +34,7 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 @dataclasses.dataclass
 class ServerConfig:
     etcd_endpoints: list[str]
-    listen: str = "127.0.0.1:6443"
+    listen: str = "127.0.0.1:6443"  # comma-separated for several addresses
     prefix: str = "/registry"
     watch_cache_capacity: int = 10_000
     bookmark_interval: float = 30.0
@@ -113,11 +113,11 @@ class ApiServer:
             ),
             server,
         )
-        self.port = server.add_insecure_port(self.config.listen)
-        if self.port == 0:
-            raise RuntimeError(
-                f"failed to listen on {self.config.listen}: address in use or invalid"
-            )
+        for address in [a.strip() for a in self.config.listen.split(",") if a.strip()]:
+            port = server.add_insecure_port(address)
+            if port == 0:
+                raise RuntimeError(f"failed to listen on {address}: address in use or invalid")
+            self.port = self.port or port
         await server.start()
         self._server = server
         for cache in self.caches.values():
