@@ -140,18 +140,21 @@ class BridgeNetwork:
 
     def teardown(self, request: PodNetworkRequest) -> None:
         """Undo setup (hostPort rules, veth, address); safe to repeat, even with the netns gone."""
+        # The range the sandbox was set up in: this process's, or the state directory's.
+        try:
+            config, ipam = self._resolve(())
+        except PodNetworkError:
+            config, ipam = None, None  # no usable range was known, so no address was given
         with self._locked():
-            if self._hostports.remove(request.sandbox_id) and self.config is not None:
-                self._restore_nat(self.config)
-        with netlink.iproute() as ipr:
-            netlink.delete_link(ipr, self._veth(request.sandbox_id))
-        ipam = self._ipam
-        if ipam is None:
-            try:
-                _, ipam = self._resolve(request.pod_cidrs)
-            except PodNetworkError:
-                return  # no usable range was ever known, so no address was ever given
-        ipam.release(request.sandbox_id)
+            if self._hostports.remove(request.sandbox_id) and config is not None:
+                self._restore_nat(config)
+        try:
+            with netlink.iproute() as ipr:
+                netlink.delete_link(ipr, self._veth(request.sandbox_id))
+        except NetlinkError as err:
+            raise netlink.failed(f"delete the veth of sandbox {request.sandbox_id}", err) from None
+        if ipam is not None:
+            ipam.release(request.sandbox_id)
 
     def status(self) -> NetworkStatus:
         """Ready once the node's range is known and its bridge, rules and sysctls are in place;
@@ -271,11 +274,14 @@ class BridgeNetwork:
         # Absent where br_netfilter is not loaded; Services between Pods of one node
         # then need the proxy's hairpin masquerade instead.
         netlink.write_sysctl(BRIDGE_NF_CALL_IPTABLES, "1")
-        with netlink.iproute() as ipr:
-            self._mtu = config.mtu or netlink.mtu_of(
-                ipr, uplink=config.uplink, node_ip=config.node_ip
-            )
-            self._ensure_bridge(config, ipr)
+        try:
+            with netlink.iproute() as ipr:
+                self._mtu = config.mtu or netlink.mtu_of(
+                    ipr, uplink=config.uplink, node_ip=config.node_ip
+                )
+                self._ensure_bridge(config, ipr)
+        except NetlinkError as err:
+            raise netlink.failed(f"set up bridge {config.bridge}", err) from None
         self._restore_all(config)
 
     def _ensure_bridge(self, config: PodNetConfig, ipr: Any) -> int:

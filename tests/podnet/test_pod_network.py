@@ -148,8 +148,8 @@ def test_ips_are_never_handed_out_twice_by_concurrent_processes(topology: Topolo
 def test_setup_is_idempotent_and_ips_survive_a_restart(topology: Topology) -> None:
     n1 = topology.add_node(1)
     a, b = topology.add_pod(n1, "a"), topology.add_pod(n1, "b")
+    h = topology.add_pod(n1, "h", **pod_spec({"containerPort": 80, "hostPort": 8080}))
     topology.serve(b.netns, 8080)
-    veth_index = {name: link["ifindex"] for name, link in links(n1.netns).items()}
 
     again = n1.agent.call("setup", sandbox=a.sandbox(), pod={})
     assert again["ips"] == [a.ip]
@@ -157,6 +157,10 @@ def test_setup_is_idempotent_and_ips_survive_a_restart(topology: Topology) -> No
     # A new plugin instance on the same state directory: same answers, nothing rewired.
     n1.agent.close()
     restarted = topology.start_agent(n1)
+    restarted.call("teardown", sandbox=h.sandbox(), pod={})  # its first call: rules still go
+    assert "DNAT" not in ns_run(n1.netns, "iptables-save", "-t", "nat")
+    assert h.ip not in held_ips(n1)
+    veth_index = {name: link["ifindex"] for name, link in links(n1.netns).items()}
     assert restarted.call("setup", sandbox=a.sandbox(), pod={})["ips"] == [a.ip]
     assert restarted.call("setup", sandbox=b.sandbox(), pod={})["ips"] == [b.ip]
     assert {n: link["ifindex"] for n, link in links(n1.netns).items()} == veth_index
