@@ -55,6 +55,10 @@ class ProxyConfig:
             raise ValueError(
                 f"proxy config masquerade_bit: must be 0-31, got {self.masquerade_bit}"
             )
+        if self.resync_interval <= 0:
+            raise ValueError(
+                f"proxy config resync_interval: must be positive, got {self.resync_interval}"
+            )
         if self.resync_batch < 1:
             raise ValueError(
                 f"proxy config resync_batch: must be at least 1, got {self.resync_batch}"

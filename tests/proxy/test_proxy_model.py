@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.config import ProxyConfig
 from proxy.model import InvalidObject, parse_endpoints, parse_service
 from tests.proxy.builders import endpoints, port, service
 
@@ -113,3 +114,23 @@ def test_node_port_only_for_type_node_port():
     assert parse_service(obj).ports[0].node_port is None
     obj["spec"]["type"] = "NodePort"
     assert parse_service(obj).ports[0].node_port == 30080
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        pytest.param({"cluster_cidr": "10.244.0.0/33"}, "cluster_cidr", id="cidr"),
+        pytest.param({"cluster_cidr": "fd00::/64"}, "only IPv4", id="cidr-v6"),
+        pytest.param({"masquerade_bit": 32}, "masquerade_bit", id="mark-bit"),
+        pytest.param({"resync_interval": 0}, "resync_interval", id="resync-zero"),
+        pytest.param({"resync_batch": 0}, "resync_batch", id="batch-zero"),
+        pytest.param({"min_sync_interval": -1}, "min_sync_interval", id="interval-negative"),
+    ],
+)
+def test_bad_config_is_refused_naming_the_field(fields, message):
+    with pytest.raises(ValueError, match=message):
+        ProxyConfig(**fields)
+
+
+def test_config_normalises_the_cluster_cidr():
+    assert ProxyConfig(cluster_cidr="10.244.3.7/16").cluster_cidr == "10.244.0.0/16"
