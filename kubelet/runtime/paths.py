@@ -34,8 +34,8 @@ def secure_join(root: str, unsafe: str) -> str:
         candidate = os.path.join(root, *resolved, part)
         try:
             info = os.lstat(candidate)
-        except FileNotFoundError:
-            resolved.append(part)
+        except (FileNotFoundError, NotADirectoryError):
+            resolved.append(part)  # nothing there (yet): no symlink to follow
             continue
         if not stat.S_ISLNK(info.st_mode):
             resolved.append(part)

@@ -104,7 +104,13 @@ def run(spec: LaunchSpec, report: socket.socket, launcher: Launcher) -> NoReturn
     _best_effort_write("/proc/self/oom_score_adj", "-998")
     if launcher.subreaper:
         libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
-    writer = LogWriter(spec.log_path, max_bytes=spec.log_max_bytes, max_files=spec.log_max_files)
+    try:
+        writer = LogWriter(
+            spec.log_path, max_bytes=spec.log_max_bytes, max_files=spec.log_max_files
+        )
+    except OSError as exc:
+        _record_start_failure(spec, report, None, f"cannot open log {spec.log_path}: {exc}")
+        os._exit(0)
     stdio, readers = _make_stdio()
     try:
         pid, terminal = launcher.launch(spec, stdio)
@@ -278,9 +284,10 @@ def _record_exit(spec: LaunchSpec, status: int, writer: LogWriter) -> None:
 
 
 def _record_start_failure(
-    spec: LaunchSpec, report: socket.socket, writer: LogWriter, message: str
+    spec: LaunchSpec, report: socket.socket, writer: LogWriter | None, message: str
 ) -> None:
-    writer.close()
+    if writer is not None:
+        writer.close()
     now = time.time()
     write_json(
         spec.container_dir + "/exit.json",

@@ -253,3 +253,29 @@ def test_follow_log_sees_new_lines_until_the_container_exits(
     seen = list(logs.follow_log(path, done=exited, timestamps=True, poll_s=0.02))
     assert [line.split(b" ", 1)[1] for line in seen] == [b"line-%d\n" % i for i in range(1, 6)]
     assert all(line[:4].isdigit() for line in seen)
+
+
+def test_concurrent_starts_from_many_threads(runtime: NativeRuntime, sandbox, busybox_rootfs):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(index: int) -> tuple[int | None, list[bytes]]:
+        status, _ = run_to_exit(
+            runtime, sandbox, sh(busybox_rootfs, f"echo {index}; exit {index}", name=f"c{index}")
+        )
+        return status.exit_code, logs.read_log(status.log_path)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(one, range(12)))
+    assert results == [(i, [b"%d\n" % i]) for i in range(12)]
+
+
+def test_unwritable_log_directory_is_a_start_error(
+    runtime: NativeRuntime, busybox_rootfs: Path, tmp_path: Path
+):
+    blocked = tmp_path / "logs-file"
+    blocked.write_text("a file where the log directory should be")
+    sandbox = runtime.run_sandbox(pod(log_directory=str(blocked)))
+    container_id = runtime.create_container(sandbox, sh(busybox_rootfs, "true"))
+    with pytest.raises(StartError, match="cannot open log"):
+        runtime.start_container(container_id)
+    assert runtime.container_status(container_id).reason == "StartError"
