@@ -6,6 +6,10 @@ hierarchy (plus, on a hybrid host, the same path in the unified hierarchy, used 
 kill processes with cgroup.kill), on v2 one directory. detect() reads /proc/self/mountinfo
 once at start.
 
+Device access of containers that are not privileged is limited to ALLOWED_DEVICES: on v1
+through devices.deny/devices.allow, on v2 through a BPF program attached to the container's
+cgroup (devices_bpf.py).
+
 Invariants: a path is created with every level below the root; processes join only leaves
 (so v2's rule against processes in inner cgroups holds); remove() removes the whole subtree
 below a path, children first, and tolerates a path that is already gone. Limits follow the
