@@ -57,6 +57,7 @@ from kubelet.podnet.config import (
     check_pod_cidr,
     veth_name,
 )
+from kubelet.podnet.conntrack import forget_udp_flows
 from kubelet.podnet.hostports import (
     HostPortConflict,
     HostPortRecord,
@@ -146,8 +147,10 @@ class BridgeNetwork:
         except PodNetworkError:
             config, ipam = None, None  # no usable range was known, so no address was given
         with self._locked():
-            if self._hostports.remove(request.sandbox_id) and config is not None:
+            record = self._hostports.remove(request.sandbox_id)
+            if record is not None and config is not None:
                 self._restore_nat(config)
+                forget_udp_flows(record.udp_host_ports())
         try:
             with netlink.iproute() as ipr:
                 netlink.delete_link(ipr, self._veth(request.sandbox_id))
@@ -329,6 +332,7 @@ class BridgeNetwork:
                 )
             self._hostports.put(record)
             self._restore_nat(config)
+            forget_udp_flows(record.udp_host_ports())
 
     # -- iptables --------------------------------------------------------------------------
 

@@ -78,6 +78,9 @@ class HostPortRecord:
     pod_ip: str
     ports: tuple[PortRequest, ...]
 
+    def udp_host_ports(self) -> list[int]:
+        return [p.host_port for p in self.ports if p.protocol == "udp"]
+
     def hostports(self) -> list[HostPort]:
         return [
             HostPort(p.protocol, p.host_port, self.pod_ip, p.container_port, p.host_ip)
@@ -123,11 +126,12 @@ class HostPortStore:
         tmp.write_text(json.dumps(data))
         os.replace(tmp, path)
 
-    def remove(self, sandbox_id: str) -> bool:
+    def remove(self, sandbox_id: str) -> HostPortRecord | None:
+        """Drop the sandbox's record; the record dropped, None if it had none."""
         path = self._path(sandbox_id)
-        existed = path.exists()
+        record = self._read(path)
         path.unlink(missing_ok=True)
-        return existed
+        return record
 
     def _path(self, sandbox_id: str) -> Path:
         if "/" in sandbox_id or sandbox_id.startswith("."):

@@ -9,6 +9,7 @@ UDP servers that answer with the address they saw the client come from, so that
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -205,6 +206,34 @@ def test_host_port_reaches_the_pod_from_its_node_another_node_and_itself(
     n1.agent.call("teardown", sandbox=a.sandbox(), pod=ports)
     assert "DNAT" not in ns_run(n1.netns, "iptables-save", "-t", "nat")
     assert connect(n2.netns, n1.ip, 8080, timeout=1).startswith("error")
+
+
+UDP_FROM_PORT = """
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("0.0.0.0", 40000))
+sock.settimeout(1)
+try:
+    sock.sendto(b"hi", (sys.argv[1], int(sys.argv[2])))
+    print(sock.recvfrom(100)[0].decode())
+except OSError as exc:
+    print(f"error: {type(exc).__name__}")
+"""
+
+
+def test_udp_host_port_reaches_a_client_that_talked_before_the_rules(topology: Topology) -> None:
+    # The first datagram, before the Pod exists, leaves a flow that bypasses any later
+    # DNAT while the client keeps sending from the same port; setup must forget it.
+    n1, n2 = topology.add_node(1), topology.add_node(2)
+    assert n1.agent.call("status")["ready"]  # the node's rules, so conntrack, are in place
+    before = ns_run(n2.netns, sys.executable, "-c", UDP_FROM_PORT, n1.ip, "5353").strip()
+    assert before.startswith("error")
+    ports = pod_spec({"containerPort": 53, "hostPort": 5353, "protocol": "UDP"})
+    a = topology.add_pod(n1, "a", **ports)
+    topology.serve(a.netns, 53, proto="udp")
+
+    after = ns_run(n2.netns, sys.executable, "-c", UDP_FROM_PORT, n1.ip, "5353").strip()
+    assert after == n2.ip
 
 
 def test_forward_policy_drop_is_kept_and_pod_traffic_still_flows(topology: Topology) -> None:
