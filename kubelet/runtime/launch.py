@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import socket
 import struct
 import termios
@@ -159,7 +160,23 @@ def apply_seccomp(profile: str | None) -> None:
         raise OSError(f"seccomp profile {profile!r} is not supported yet")
 
 
+def reset_signals() -> None:
+    """Undo what Python and the fork server did to signals: Python ignores SIGPIPE and
+    SIGXFSZ, the fork server SIGCHLD and SIGINT, and an ignored signal stays ignored across
+    execve. A container must start with every signal at its default and none blocked."""
+    for signum in signal.valid_signals():
+        if signum in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            if signal.getsignal(signum) == signal.SIG_IGN:
+                signal.signal(signum, signal.SIG_DFL)
+        except (OSError, ValueError):
+            continue  # signals the C library reserves for itself
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 def exec_process(process: ProcessSpec) -> NoReturn:
+    reset_signals()
     env = dict(item.split("=", 1) if "=" in item else (item, "") for item in process.env)
     program = process.argv[0]
     try:

@@ -318,3 +318,15 @@ def test_container_with_a_tty(runtime: NativeRuntime, sandbox, busybox_rootfs: P
     )
     assert status.exit_code == 0, output
     assert output.replace("\r", "").split() == ["/dev/pts/0", "to-stderr", "42"]
+
+
+def test_signals_start_at_their_defaults(runtime: NativeRuntime, sandbox, busybox_rootfs: Path):
+    # Python ignores SIGPIPE; a container must not inherit that (yes | head would spin on
+    # EPIPE instead of dying of SIGPIPE).
+    script = "grep -E 'SigIgn|SigBlk' /proc/self/status; yes | head -n 1"
+    status, output = run_to_exit(runtime, sandbox, sh(busybox_rootfs, script))
+    assert output.split() == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16, "y"]
+    sleeper = runtime.create_container(sandbox, sh(busybox_rootfs, "exec sleep 60", name="sleeper"))
+    runtime.start_container(sleeper)
+    result = runtime.exec_sync(sleeper, ("grep", "SigIgn", "/proc/self/status"), 10)
+    assert result.stdout == b"SigIgn:\t" + b"0" * 16 + b"\n"
