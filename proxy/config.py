@@ -27,17 +27,18 @@ class ProxyConfig:
         changes arrive in between; changes inside the window are batched.
     resync_interval: seconds between re-applies of every rule, which repair
         chains, rules or jumps that someone else removed.
-    resync_batch: chains per iptables-restore during a resync. A resync is
-        cut into batches so that a change arriving meanwhile waits for one
-        batch, not for a rewrite of the whole table (seconds at a thousand
-        Services).
+    resync_batch_rules: rules per iptables-restore during a resync (a batch
+        is whole chains, at least one). A resync is cut into batches so that a
+        change arriving meanwhile waits for one batch, not for a rewrite of the
+        whole table (seconds at a thousand Services); counted in rules because
+        iptables-nft's restore time grows with rules more than with chains.
     """
 
     cluster_cidr: str | None = None
     masquerade_bit: int = DEFAULT_MASQUERADE_BIT
     min_sync_interval: float = 0.1
     resync_interval: float = 30.0
-    resync_batch: int = 1000
+    resync_batch_rules: int = 2000
     max_retry_interval: float = 30.0
 
     def __post_init__(self) -> None:
@@ -59,9 +60,10 @@ class ProxyConfig:
             raise ValueError(
                 f"proxy config resync_interval: must be positive, got {self.resync_interval}"
             )
-        if self.resync_batch < 1:
+        if self.resync_batch_rules < 1:
             raise ValueError(
-                f"proxy config resync_batch: must be at least 1, got {self.resync_batch}"
+                "proxy config resync_batch_rules: must be at least 1, "
+                f"got {self.resync_batch_rules}"
             )
         for field in ("min_sync_interval", "resync_interval", "max_retry_interval"):
             value = getattr(self, field)

@@ -6,7 +6,7 @@ these rules on timing, all measured on the injected Clock:
 - at most one sync starts per min_interval; changes arriving inside the window
   are batched into the next sync, which renders whatever the view is by then;
 - every resync_interval a resync rewrites every chain we own, in batches of
-  resync_batch chains (one iptables-restore each, targets before the chains
+  about resync_batch_rules rules (one iptables-restore each, targets before the chains
   that jump to them), then re-checks the jumps from the built-in chains:
   whatever someone else removed is back after one pass. Batches run only
   while no change is waiting, so a change waits for at most one batch;
@@ -156,15 +156,17 @@ class SyncRunner:
         self._not_before = self._clock.monotonic() + backoff
 
     async def _resync_batch(self) -> None:
-        """Rewrite the next resync_batch chains as they were last applied; jumps at the end."""
+        """Rewrite the next batch of chains as they were last applied; jumps at the end."""
         assert self._resync is not None and self._applied is not None
         started = self._clock.monotonic()
         applied = self._applied
         batch: list[ChainKey] = []
-        while self._resync and len(batch) < self._config.resync_batch:
+        rules = 0
+        while self._resync and (not batch or rules < self._config.resync_batch_rules):
             key = self._resync.popleft()
             if key in applied.chains:  # a partial sync since may have deleted it
                 batch.append(key)
+                rules += len(applied.chains[key])
         try:
             async with self._lock:
                 if batch:

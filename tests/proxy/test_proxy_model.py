@@ -123,7 +123,7 @@ def test_node_port_only_for_type_node_port():
         pytest.param({"cluster_cidr": "fd00::/64"}, "only IPv4", id="cidr-v6"),
         pytest.param({"masquerade_bit": 32}, "masquerade_bit", id="mark-bit"),
         pytest.param({"resync_interval": 0}, "resync_interval", id="resync-zero"),
-        pytest.param({"resync_batch": 0}, "resync_batch", id="batch-zero"),
+        pytest.param({"resync_batch_rules": 0}, "resync_batch_rules", id="batch-zero"),
         pytest.param({"min_sync_interval": -1}, "min_sync_interval", id="interval-negative"),
     ],
 )
