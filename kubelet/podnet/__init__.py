@@ -11,6 +11,19 @@ goes through pyroute2, one socket per operation, never an `ip` process; iptables
 rules through one iptables-restore --noflush of our own chains. Pod-to-Pod
 traffic, on one node or across nodes, is routed and never NATed; traffic from
 the node's Pods to outside the cluster CIDR is masqueraded.
+
+Wiring in a kubelet (names of the kubelet's own are illustrative):
+
+    network = BridgeNetwork(
+        PodNetConfig(cluster_cidr="10.244.0.0/16", node_ip=config.node_ip,
+                     state_dir=config.state_dir / "podnet"),
+        pod_cidrs=lambda: kubelet.node.pod_cidrs,     # the Node's spec.podCIDRs as observed
+    )
+    kubelet = Kubelet(config, network=network)
+    network.release_orphans(live_sandbox_ids)        # at start, before any Pod worker runs
+    nodes = Informer(client, "nodes")                # every Node, not only this one
+    routes = RouteController(nodes, RouteSyncer(node_name=config.node_name))
+    nodes.start(); asyncio.create_task(routes.run())
 """
 
 from kubelet.podnet.bridge import BridgeNetwork, NoPodCidr
