@@ -81,6 +81,9 @@ def serve(fd: int) -> NoReturn:
         if message is None:
             os._exit(0)
         op, args = message
+        for received in fds:
+            # SCM_RIGHTS hands descriptors over inheritable; none may reach a container.
+            os.set_inheritable(received, False)
         pid = os.fork()
         if pid == 0:
             server.close()

@@ -48,6 +48,7 @@ def container_init(
 ) -> NoReturn:
     try:
         _prepare(spec, stdio, console)
+        close_inherited_fds(keep=start_w)
         exec_process(spec.process)
     except BaseException as exc:  # noqa: BLE001 - everything must reach the shim
         _report(start_w, exc)
@@ -173,6 +174,18 @@ def reset_signals() -> None:
         except (OSError, ValueError):
             continue  # signals the C library reserves for itself
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def close_inherited_fds(keep: int) -> None:
+    """Close every descriptor above stdio but `keep` (the close-on-exec start pipe): what
+    the runtime, the fork server or the shim had open is none of the container's business."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd != keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the descriptor listdir itself used
 
 
 def exec_process(process: ProcessSpec) -> NoReturn:

@@ -105,6 +105,7 @@ def _spawn(
                 fcntl.ioctl(0, termios.TIOCSCTTY, 0)
             launch.enter_cwd(process.cwd)
             launch.drop_privileges(process)
+            launch.close_inherited_fds(keep=start_w)
             launch.exec_process(process)
         except BaseException as exc:  # noqa: BLE001 - everything must reach the caller
             not_found = "not found" in str(exc)

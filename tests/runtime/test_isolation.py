@@ -330,3 +330,22 @@ def test_signals_start_at_their_defaults(runtime: NativeRuntime, sandbox, busybo
     runtime.start_container(sleeper)
     result = runtime.exec_sync(sleeper, ("grep", "SigIgn", "/proc/self/status"), 10)
     assert result.stdout == b"SigIgn:\t" + b"0" * 16 + b"\n"
+
+
+def test_only_stdio_reaches_the_container(runtime: NativeRuntime, sandbox, busybox_rootfs: Path):
+    # ls lists its own directory handle (3) besides stdio; nothing of the runtime's is left.
+    status, output = run_to_exit(runtime, sandbox, sh(busybox_rootfs, "ls /proc/self/fd"))
+    assert output.split() == ["0", "1", "2", "3"]
+    sleeper = runtime.create_container(sandbox, sh(busybox_rootfs, "exec sleep 60", name="sleeper"))
+    runtime.start_container(sleeper)
+    assert runtime.exec_sync(sleeper, ("ls", "/proc/self/fd"), 10).stdout.split() == [
+        b"0",
+        b"1",
+        b"2",
+        b"3",
+    ]
+    session = runtime.exec_stream(sleeper, ("ls", "/proc/self/fd"), tty=True, stdin=True)
+    try:
+        assert session.wait(10) == 0
+    finally:
+        session.close()
