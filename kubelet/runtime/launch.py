@@ -73,6 +73,12 @@ def _prepare(spec: LaunchSpec, stdio: tuple[int, int, int], console: socket.sock
         _write(procs, "0")
     if spec.oom_score_adj is not None:
         _write("/proc/self/oom_score_adj", str(spec.oom_score_adj))
+    else:
+        # Not the shim's own (nearly OOM-proof) score: a container is an ordinary victim.
+        try:
+            _write("/proc/self/oom_score_adj", "0")
+        except OSError:
+            pass
     libc.unshare(libc.CLONE_NEWNS | libc.CLONE_NEWCGROUP)
     rootfs.build(spec)
     if console is not None:
