@@ -34,6 +34,7 @@ from machinery.log import Logger, get_logger
 
 _UDP_DEFAULT = 512
 _UDP_MAX = 4096  # what we advertise and the most we send, whatever the client offers
+_TCP_MAX = 65535  # the two-byte length prefix
 _OPT = 41
 
 
@@ -136,11 +137,9 @@ class DnsServer:
             )
             reply = request.reply()
             reply.header.rcode = RCODE.SERVFAIL
-        limit = _UDP_MAX
         if _edns_size(request) is not None:
             reply.add_ar(EDNS0(udp_len=_UDP_MAX))
-        if not tcp:
-            limit = min(_UDP_MAX, _edns_size(request) or _UDP_DEFAULT)
+        limit = _TCP_MAX if tcp else min(_UDP_MAX, _edns_size(request) or _UDP_DEFAULT)
         packed = reply.pack()
         if len(packed) > limit:
             packed = _truncated(request).pack()

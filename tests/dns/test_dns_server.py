@@ -102,7 +102,10 @@ def cluster_records() -> ClusterRecords:
         endpoints("db", ips=db_ips, ports=[{"name": "pg", "port": 5432, "protocol": "TCP"}])
     )
     records.upsert_service(service("big", cluster_ip="None", ports=[port(80, name="http")]))
-    records.upsert_endpoints(endpoints("big", ips=[f"10.244.2.{i}" for i in range(1, 61)]))
+    big_ips = [f"10.244.{2 + i // 250}.{i % 250 + 1}" for i in range(400)]  # > 4096 bytes of A
+    records.upsert_endpoints(endpoints("big", ips=big_ips))
+    records.upsert_service(service("mid", cluster_ip="None", ports=[port(80, name="http")]))
+    records.upsert_endpoints(endpoints("mid", ips=[f"10.244.9.{i}" for i in range(1, 61)]))
     return records
 
 
@@ -221,16 +224,23 @@ async def test_large_answer_is_truncated_over_udp_and_whole_over_tcp(server):
     udp = await query(server, name)
     assert udp.header.tc == 1 and udp.rr == []
     tcp = await query(server, name, tcp=True)
-    assert tcp.header.tc == 0 and len(tcp.rr) == 60
+    assert tcp.header.tc == 0 and len(tcp.rr) == 400
 
 
 async def test_edns_client_gets_a_larger_udp_answer(server):
-    request = DNSRecord.question("big.default.svc.cluster.local", "A")
+    name = "mid.default.svc.cluster.local"  # 60 addresses: past 512 bytes, within 4096
+    assert (await query(server, name)).header.tc == 1
+    request = DNSRecord.question(name, "A")
     request.add_ar(EDNS0(udp_len=4096))
     raw = await asyncio.to_thread(request.send, "127.0.0.1", server.port, timeout=10)
     reply = DNSRecord.parse(raw)
     assert reply.header.tc == 0 and len(reply.rr) == 60
     assert any(rr.rtype == 41 for rr in reply.ar)
+    # Past even the EDNS size, UDP is truncated.
+    request = DNSRecord.question("big.default.svc.cluster.local", "A")
+    request.add_ar(EDNS0(udp_len=4096))
+    raw = await asyncio.to_thread(request.send, "127.0.0.1", server.port, timeout=10)
+    assert DNSRecord.parse(raw).header.tc == 1
 
 
 async def test_malformed_packet_gets_formerr_and_the_server_keeps_answering(server):
