@@ -333,8 +333,7 @@ class ProbeManager:
             self._record(pod, container, kind, probe, key, outcome)
             state = self._states.get(key)
             if kind == STARTUP and state is not None and state.result:
-                self._workers.pop(key, None)
-                return
+                return  # done for good; the finished task stays registered until the container goes
             await self._clock.sleep(period)
 
     def _record(
