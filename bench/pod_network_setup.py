@@ -15,7 +15,8 @@ Measured inside the node:
   concurrent_ms        --concurrent setups started at once from a thread pool (the
                        kubelet's Pod workers), first start to last finish
   ip_commands_ms_median  the same wiring done the usual shell way, one `ip`
-                       process per step, as a yardstick; ratio = setup / that
+                       process per step, as a yardstick, alternating with the
+                       plugin's setups; ratio = setup_ms_median / that
 
 The last line is one JSON object.
 """
@@ -67,7 +68,7 @@ def timed(call, *args) -> float:
 
 def ip_commands(netns: str, index: int) -> None:
     """The wiring as a shell script would do it: one ip process per step."""
-    veth, address = f"ipc{index}", f"10.244.1.{200 + index % 50}/24"
+    veth, address = f"ipc{index}", f"10.244.1.{128 + index % 120}/24"
     steps = [
         ["ip", "link", "add", veth, "mtu", "1450", "type", "veth", "peer", "name", "eth0",
          "mtu", "1450", "netns", netns],
@@ -94,9 +95,14 @@ def inner(args: argparse.Namespace) -> dict:
         network = BridgeNetwork(config)
         try:
             prepare = timed(network.prepare, (POD_CIDR,))
-            plain, ported, teardown = [], [], []
-            for name in names[: args.pods]:
+            plain, ported, teardown, yardstick = [], [], [], []
+            # The plugin and the ip-process wiring alternate, so both see the same noise.
+            spares = names[args.pods : 2 * args.pods]
+            for i, (name, spare) in enumerate(zip(names[: args.pods], spares, strict=True)):
                 plain.append(timed(network.setup, request(name)))
+                yardstick.append(timed(ip_commands, spare, i))
+            for i in range(args.pods):
+                subprocess.run(["ip", "link", "del", f"ipc{i}"], check=False)
             for name in names[: args.pods]:
                 teardown.append(timed(network.teardown, request(name)))
             for i, name in enumerate(names[: args.pods]):
@@ -104,9 +110,6 @@ def inner(args: argparse.Namespace) -> dict:
             for name in names[: args.pods]:
                 network.teardown(request(name))
             concurrent_ms = run_concurrent(network, names[: args.concurrent])
-            yardstick = [timed(ip_commands, name, i) for i, name in enumerate(names[:20])]
-            for i in range(20):
-                subprocess.run(["ip", "link", "del", f"ipc{i}"], check=False)
         finally:
             cleanup("klpnb", state_dir=None)
     median = statistics.median(plain)
@@ -138,7 +141,7 @@ def run_concurrent(network: BridgeNetwork, names: list[str]) -> float:
 def outer(args: argparse.Namespace) -> int:
     prefix = f"klpnb-{os.getpid()}"
     node = f"{prefix}-node"
-    count = max(args.pods, args.concurrent, 20)
+    count = max(2 * args.pods, args.concurrent)
     names = [f"{prefix}-p{i}" for i in range(count)]
     made: list[str] = []
     try:
