@@ -148,6 +148,10 @@ class NativeRuntime:
             self._forks.spawn(op, args, (theirs.fileno(), *fds))
             theirs.close()
             reply, _ = channel.recv(ours, timeout_s=REPORT_TIMEOUT_S)
+        except TimeoutError:
+            raise RuntimeFailure(
+                f"{op} helper did not report within {REPORT_TIMEOUT_S} s"
+            ) from None
         finally:
             theirs.close()
             ours.close()
@@ -512,6 +516,12 @@ class NativeRuntime:
                 self._forks.spawn("shim", self._shim_args(spec), (theirs.fileno(),))
                 theirs.close()
                 reply, _ = channel.recv(ours, timeout_s=REPORT_TIMEOUT_S)
+            except TimeoutError:
+                # The shim carries on; whether the container runs shows in its status.
+                raise StartError(
+                    f"failed to start container {status.name}: no word from its shim within "
+                    f"{REPORT_TIMEOUT_S} s"
+                ) from None
             finally:
                 theirs.close()
                 ours.close()
