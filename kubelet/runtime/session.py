@@ -60,11 +60,13 @@ class NativeExecSession:
                 terminal = fds[0]
             message, _ = channel.recv(report, timeout_s=BEGIN_TIMEOUT_S)
             _raise_if_failed(message)
+        except TimeoutError:
+            report.close()
+            _close_all(pipes)
+            raise RuntimeFailure(f"exec did not start within {BEGIN_TIMEOUT_S} s") from None
         except BaseException:
             report.close()
-            for fd in pipes or []:
-                if fd >= 0:
-                    os.close(fd)
+            _close_all(pipes)
             raise
         return cls(report, pid=message["pid"], terminal=terminal, pipes=pipes)
 
@@ -145,6 +147,12 @@ class NativeExecSession:
                     pass
         self.terminal = self.stdin = self.stdout = self.stderr = self._pidfd = None
         self._report.close()
+
+
+def _close_all(fds: list[int] | None) -> None:
+    for fd in fds or []:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _raise_if_failed(message: dict | None) -> None:
