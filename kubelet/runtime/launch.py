@@ -196,7 +196,10 @@ def close_inherited_fds(keep: int) -> None:
 
 def exec_process(process: ProcessSpec) -> NoReturn:
     reset_signals()
-    env = dict(item.split("=", 1) if "=" in item else (item, "") for item in process.env)
+    env = {}
+    for item in process.env:
+        key, _, value = item.partition("=")
+        env[key] = value
     program = process.argv[0]
     try:
         os.execvpe(program, list(process.argv), env)

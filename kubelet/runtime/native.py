@@ -40,6 +40,7 @@ from kubelet.runtime.interface import (
     ContainerStats,
     ContainerStatus,
     ExecResult,
+    ExecSession,
     InvalidConfigError,
     NamespaceMode,
     NotFoundError,
@@ -708,7 +709,7 @@ class NativeRuntime:
         stdin: bool,
         rows: int = 24,
         cols: int = 80,
-    ) -> NativeExecSession:
+    ) -> ExecSession:
         args = self._exec_args(container_id, argv, tty=tty, rows=rows, cols=cols, timeout_s=None)
         return self._start_exec(args, stdin=stdin)
 

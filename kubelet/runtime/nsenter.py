@@ -119,8 +119,8 @@ def _spawn(
     os.close(start_r)
     if not message:
         return pid, None
-    code, _, text = message.partition(b" ")
-    return pid, (int(code), text.decode(errors="replace"))
+    code_text, _, text = message.partition(b" ")
+    return pid, (int(code_text), text.decode(errors="replace"))
 
 
 def _wait(pid: int, timeout_s: float | None) -> tuple[int, bool]:
