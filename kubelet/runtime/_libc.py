@@ -165,6 +165,40 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
     _check(_libc.syscall(_NR["capset"], ctypes.byref(header), data), "capset")
 
 
+# The new mount API (Linux 5.2+); these numbers are the same on every architecture.
+_NR_MOVE_MOUNT, _NR_FSOPEN, _NR_FSCONFIG, _NR_FSMOUNT = 429, 430, 431, 432
+FSOPEN_CLOEXEC = 1
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+FSMOUNT_CLOEXEC = 1
+MOVE_MOUNT_F_EMPTY_PATH = 4
+AT_FDCWD = -100
+
+
+def fsopen(fstype: str) -> int:
+    return _check(_libc.syscall(_NR_FSOPEN, _b(fstype), FSOPEN_CLOEXEC), f"fsopen({fstype})")
+
+
+def fsconfig_string(fd: int, key: str, value: str) -> None:
+    result = _libc.syscall(_NR_FSCONFIG, fd, FSCONFIG_SET_STRING, _b(key), _b(value), 0)
+    _check(result, f"fsconfig {key}={value}")
+
+
+def fsconfig_create(fd: int) -> None:
+    _check(_libc.syscall(_NR_FSCONFIG, fd, FSCONFIG_CMD_CREATE, None, None, 0), "fsconfig create")
+
+
+def fsmount(fd: int) -> int:
+    return _check(_libc.syscall(_NR_FSMOUNT, fd, FSMOUNT_CLOEXEC, 0), "fsmount")
+
+
+def move_mount(mount_fd: int, target: str) -> None:
+    result = _libc.syscall(
+        _NR_MOVE_MOUNT, mount_fd, b"", AT_FDCWD, _b(target), MOVE_MOUNT_F_EMPTY_PATH
+    )
+    _check(result, f"move_mount to {target}")
+
+
 def set_process_name(name: str) -> None:
     """The name ps shows in its COMM column (15 bytes at most)."""
     buf = ctypes.create_string_buffer(name.encode()[:15])

@@ -79,17 +79,35 @@ def overlay_options(layers: tuple[str, ...], upper: str, work: str) -> str:
 
 def mount_overlay(spec: LaunchSpec) -> None:
     options = overlay_options(spec.layers, spec.upper_dir, spec.work_dir)
-    if len(options) > OVERLAY_OPTIONS_MAX:
-        # Long layer lists fit once the paths are made relative to their common parent.
-        base = os.path.commonpath([*spec.layers, spec.upper_dir, spec.work_dir])
-        os.chdir(base)
-        rel = tuple(os.path.relpath(p, base) for p in spec.layers)
-        options = overlay_options(
-            rel, os.path.relpath(spec.upper_dir, base), os.path.relpath(spec.work_dir, base)
-        )
-        if len(options) > OVERLAY_OPTIONS_MAX:
-            raise OSError(f"overlay options for {len(spec.layers)} layers exceed a page")
-    libc.mount("overlay", spec.rootfs_dir, "overlay", 0, options)
+    if len(options) <= OVERLAY_OPTIONS_MAX:
+        libc.mount("overlay", spec.rootfs_dir, "overlay", 0, options)
+    else:
+        mount_overlay_by_layer(spec)
+
+
+def mount_overlay_by_layer(spec: LaunchSpec) -> None:
+    """Many layers overflow the page of mount(2) options; the new mount API takes one layer
+    per call ("lowerdir+", Linux 6.8), top-most first as in the lowerdir= list."""
+    fs = libc.fsopen("overlay")
+    try:
+        try:
+            for layer in reversed(spec.layers):
+                libc.fsconfig_string(fs, "lowerdir+", layer)
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"{len(spec.layers)} image layers need overlayfs' lowerdir+ (Linux 6.8): {exc}",
+            ) from exc
+        libc.fsconfig_string(fs, "upperdir", spec.upper_dir)
+        libc.fsconfig_string(fs, "workdir", spec.work_dir)
+        libc.fsconfig_create(fs)
+        mounted = libc.fsmount(fs)
+    finally:
+        os.close(fs)
+    try:
+        libc.move_mount(mounted, spec.rootfs_dir)
+    finally:
+        os.close(mounted)
 
 
 def mount_kernel_filesystems(spec: LaunchSpec, root: str) -> None:

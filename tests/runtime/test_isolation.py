@@ -349,3 +349,28 @@ def test_only_stdio_reaches_the_container(runtime: NativeRuntime, sandbox, busyb
         assert session.wait(10) == 0
     finally:
         session.close()
+
+
+@pytest.mark.parametrize("count", [pytest.param(3, id="few"), pytest.param(60, id="past-a-page")])
+def test_layers_stack_bottom_first(
+    runtime: NativeRuntime, sandbox, busybox_rootfs: Path, tmp_path: Path, count: int
+):
+    # Long directory names make 60 layers overflow the one page of mount options.
+    layers = [busybox_rootfs]
+    for index in range(count):
+        layer = tmp_path / f"layer-{index:03d}-{'x' * 60}"
+        (layer / "etc").mkdir(parents=True)
+        (layer / "etc" / "which").write_text(f"{index}\n")
+        (layer / "etc" / f"only-{index}").write_text("here\n")
+        layers.append(layer)
+    status, output = run_to_exit(
+        runtime,
+        sandbox,
+        sh(
+            busybox_rootfs,
+            f"cat /etc/which /etc/only-0 /etc/only-{count - 1}",
+            layers=tuple(layers),
+        ),
+    )
+    assert status.exit_code == 0, output
+    assert output.split() == [str(count - 1), "here", "here"]
