@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from deploy import layout
+from deploy.layout import Component
 from machinery import log as logsetup
 from machinery.log import get_logger
 
@@ -33,76 +35,40 @@ STABLE_AFTER = 60.0
 
 
 @dataclasses.dataclass
-class Component:
-    name: str
-    argv: list[str]
-    env: dict[str, str] = dataclasses.field(default_factory=dict)
+class Running:
+    """A component and the state of its process."""
+
+    spec: Component
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     delay: float = 0.5
     next_start: float = 0.0
     restarts: int = 0
 
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
-def components_for(state: pathlib.Path, layout: dict) -> list[Component]:
-    """The processes of the cluster described by layout, in start order."""
-    python = sys.executable
-    ports = layout["ports"]
-    etcd_data = state / "etcd"
-    result = [
-        Component(
-            "etcd",
-            [
-                "etcd",
-                f"--name={layout['name']}",
-                f"--data-dir={etcd_data}",
-                f"--listen-client-urls=http://127.0.0.1:{ports['etcd']}",
-                f"--advertise-client-urls=http://127.0.0.1:{ports['etcd']}",
-                f"--listen-peer-urls=http://127.0.0.1:{ports['etcd_peer']}",
-                f"--initial-advertise-peer-urls=http://127.0.0.1:{ports['etcd_peer']}",
-                f"--initial-cluster={layout['name']}=http://127.0.0.1:{ports['etcd_peer']}",
-                "--log-level=warn",
-                "--logger=zap",
-            ],
-        ),
-        Component(
-            "apiserver",
-            [
-                python,
-                "-m",
-                "apiserver.main",
-                f"--etcd-servers=127.0.0.1:{ports['etcd']}",
-                f"--listen=127.0.0.1:{ports['apiserver']}",
-                f"--etcd-prefix=/registry/{layout['name']}",
-                f"--metrics-port={ports['apiserver_metrics']}",
-            ],
-        ),
-        Component(
-            "scheduler",
-            [
-                python,
-                "-m",
-                "scheduler.main",
-                f"--server=127.0.0.1:{ports['apiserver']}",
-                f"--metrics-port={ports['scheduler_metrics']}",
-            ],
-        ),
-    ]
-    return result
+    @property
+    def argv(self) -> list[str]:
+        if self.spec.netns:
+            # `ip netns exec` enters the namespace and execs: the PID stays the component's.
+            return ["ip", "netns", "exec", self.spec.netns, *self.spec.argv]
+        return self.spec.argv
 
 
 class Supervisor:
     def __init__(self, state: pathlib.Path) -> None:
         self.state = state
         self.layout = json.loads((state / "cluster.json").read_text())
-        self.components = components_for(state, self.layout)
+        self.components = [Running(c) for c in layout.components(state, self.layout)]
         self.logs = state / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.stopping = False
 
-    def start(self, component: Component) -> None:
-        out = open(self.logs / f"{component.name}.log", "ab")
-        env = {**os.environ, **component.env}
+    def start(self, component: Running) -> None:
+        out = open(self.logs / f"{component.name.replace('/', '-')}.log", "ab")
+        env = {**os.environ, **component.spec.env}
         try:
             component.process = subprocess.Popen(
                 component.argv,
@@ -121,7 +87,7 @@ class Supervisor:
         component.started_at = time.monotonic()
         log.info("started component", component=component.name, pid=component.process.pid)
 
-    def check(self, component: Component) -> None:
+    def check(self, component: Running) -> None:
         process = component.process
         now = time.monotonic()
         if process is None:
@@ -143,7 +109,7 @@ class Supervisor:
             exit_code=code,
             restarts=component.restarts,
             delay_s=component.delay,
-            log=str(self.logs / f"{component.name}.log"),
+            log=str(self.logs / f"{component.name.replace('/', '-')}.log"),
         )
         component.delay = min(component.delay * 2, 30.0)
 
