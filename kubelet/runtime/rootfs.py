@@ -8,7 +8,9 @@ come next, then the Pod's /etc files and the volumes (targets resolved with secu
 mounted through O_PATH descriptors checked to lie inside the root), then pivot_root and the
 old root is detached. Masks and read-only paths are applied after pivot_root, the root is
 made read-only last when asked. Nothing is mounted in the host's namespace, so the
-container's mounts vanish with its last process and need no clean-up.
+container's mounts vanish with its last process and need no clean-up. Image layers go to
+overlayfs in one mount(2) call while their paths fit its page of options, and one layer per
+call through the new mount API (fsconfig lowerdir+) beyond that.
 """
 
 from __future__ import annotations
