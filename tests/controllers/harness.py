@@ -64,6 +64,17 @@ async def running(factory: InformerFactory, *controllers: Any) -> AsyncIterator[
         await factory.stop()
 
 
+async def play_kubelet(client: ApiClient, namespace: str, name: str) -> None:
+    """Finish a Pod once it is marked for deletion, as its kubelet would."""
+
+    async def marked():
+        pod = await client.get("pods", name, namespace=namespace)
+        return bool(pod["metadata"].get("deletionTimestamp"))
+
+    await eventually(marked, what=f"{namespace}/{name} marked for deletion")
+    await client.delete("pods", name, namespace=namespace, grace_period_seconds=0)
+
+
 async def set_pod_running(
     client: ApiClient,
     name: str,

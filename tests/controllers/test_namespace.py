@@ -12,7 +12,7 @@ from machinery.client import ApiClient
 from machinery.events import EventRecorder
 from machinery.informer import InformerFactory
 from tests import objects as o
-from tests.controllers.harness import eventually, gone, running
+from tests.controllers.harness import eventually, gone, play_kubelet, running
 from tests.test_kctl import kctl
 
 
@@ -39,17 +39,6 @@ async def fill(client: ApiClient, ns: str) -> None:
     await client.create("leases", o.lease("lock", namespace=ns))
     await client.create("pods", o.pod("loose", namespace=ns))
     await client.create("pods", o.pod("bound", namespace=ns, node="node-1"))
-
-
-async def play_kubelet(client: ApiClient, ns: str, name: str) -> None:
-    """Finish the bound Pod once it is marked for deletion, as its kubelet would."""
-
-    async def marked():
-        pod = await client.get("pods", name, namespace=ns)
-        return bool(pod["metadata"].get("deletionTimestamp"))
-
-    await eventually(marked, what=f"{ns}/{name} marked for deletion")
-    await client.delete("pods", name, namespace=ns, grace_period_seconds=0)
 
 
 async def test_deleting_a_namespace_empties_it_then_removes_it(client: ApiClient, controller):
