@@ -10,6 +10,16 @@ period) and then the supervisor itself.
 
 The supervisor's own log, <state>/logs/supervisor.log, records every start,
 exit and restart with the component's name, PID and exit status.
+
+Holding a component (fault injection, `python -m deploy.fault`): the file
+<state>/held lists component names, one a line ('#' starts a comment). The
+supervisor rereads it every turn of its loop. A held component is not
+started, and a held one that runs is stopped (SIGTERM, SIGKILL after
+HOLD_GRACE seconds) without counting as a restart; once its name leaves the
+file it starts on the next turn with a fresh back-off. status.json reports
+`"held": true` for it, with pid 0 once its process is gone, which is how a
+writer of the file learns the hold took effect. Writers replace the file
+atomically (write a temporary file, rename it over).
 """
 
 from __future__ import annotations
@@ -32,6 +42,18 @@ from machinery.log import get_logger
 log = get_logger("supervisor")
 
 STABLE_AFTER = 60.0
+HELD_FILE = "held"
+HOLD_GRACE = 10.0
+
+
+def read_held(state: pathlib.Path) -> frozenset[str]:
+    """The component names <state>/held lists; none when the file is absent."""
+    try:
+        text = (state / HELD_FILE).read_text()
+    except FileNotFoundError:
+        return frozenset()
+    names = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return frozenset(name for name in names if name)
 
 
 @dataclasses.dataclass
@@ -44,6 +66,7 @@ class Running:
     delay: float = 0.5
     next_start: float = 0.0
     restarts: int = 0
+    stop_sent_at: float = 0.0  # when a hold sent SIGTERM; 0 when none is pending
 
     @property
     def name(self) -> str:
@@ -58,13 +81,16 @@ class Running:
 
 
 class Supervisor:
-    def __init__(self, state: pathlib.Path) -> None:
+    def __init__(self, state: pathlib.Path, components: list[Component] | None = None) -> None:
         self.state = state
         self.layout = json.loads((state / "cluster.json").read_text())
-        self.components = [Running(c) for c in layout.components(state, self.layout)]
+        if components is None:
+            components = layout.components(state, self.layout)
+        self.components = [Running(c) for c in components]
         self.logs = state / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.stopping = False
+        self.held: frozenset[str] = frozenset()
 
     def start(self, component: Running) -> None:
         out = open(self.logs / f"{component.name.replace('/', '-')}.log", "ab")
@@ -85,6 +111,7 @@ class Supervisor:
         finally:
             out.close()
         component.started_at = time.monotonic()
+        component.stop_sent_at = 0.0
         log.info("started component", component=component.name, pid=component.process.pid)
 
     def check(self, component: Running) -> None:
@@ -113,16 +140,50 @@ class Supervisor:
         )
         component.delay = min(component.delay * 2, 30.0)
 
+    def hold(self, component: Running) -> None:
+        """Keep a held component stopped: stop its process if it runs, never start it."""
+        process = component.process
+        if process is None:
+            return
+        if process.poll() is not None:
+            log.info("held component stopped", component=component.name, pid=process.pid)
+            component.process = None
+            component.delay = 0.5
+            component.next_start = 0.0
+            return
+        now = time.monotonic()
+        if not component.stop_sent_at:
+            log.info("holding component, stopping it", component=component.name, pid=process.pid)
+            process.terminate()
+            component.stop_sent_at = now
+        elif now - component.stop_sent_at > HOLD_GRACE:
+            process.kill()
+
+    def update_held(self) -> None:
+        held = read_held(self.state)
+        if held != self.held:
+            known = {c.name for c in self.components}
+            log.info("held components changed", held=",".join(sorted(held)) or "none")
+            for name in sorted(held - known):
+                log.warning("held file names no component", component=name)
+            self.held = held
+
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         (self.state / "supervisor.pid").write_text(str(os.getpid()))
+        self.update_held()
         self.write_status()
         for component in self.components:
-            self.start(component)
+            if component.name not in self.held:
+                self.start(component)
         while not self.stopping:
+            self.update_held()
             for component in self.components:
-                self.check(component)
+                if component.name in self.held:
+                    self.hold(component)
+                else:
+                    self.check(component)
             self.write_status()
             time.sleep(0.2)
         self.stop_all()
@@ -132,7 +193,11 @@ class Supervisor:
 
     def write_status(self) -> None:
         status = {
-            c.name: {"pid": c.process.pid if c.process else 0, "restarts": c.restarts}
+            c.name: {
+                "pid": c.process.pid if c.process else 0,
+                "restarts": c.restarts,
+                "held": c.name in self.held,
+            }
             for c in self.components
         }
         tmp = self.state / "status.json.tmp"
