@@ -151,8 +151,9 @@ def test_loss_drops_packets_both_ways_until_cleared(bed: Bed) -> None:
     assert bed.ping(1, 2, count=3).returncode != 0
     assert bed.ping(2, 1, count=2).returncode != 0
     # Node 1 is untouched: it still reaches the bridge.
-    gateway = ["ip", "netns", "exec", bed.net.netns(1), "busybox", "ping", "-c", "1"]
-    assert subprocess.run([*gateway, "-W", "2", bed.net.gateway], capture_output=True).returncode == 0
+    to_gateway = ["ip", "netns", "exec", bed.net.netns(1), "busybox", "ping", "-c", "1"]
+    to_gateway += ["-W", "2", bed.net.gateway]
+    assert subprocess.run(to_gateway, capture_output=True).returncode == 0
 
     out = bed.ok("clear-node", "2")
     assert "removed" in out
