@@ -38,7 +38,7 @@ class ProxyConfig:
     masquerade_bit: int = DEFAULT_MASQUERADE_BIT
     min_sync_interval: float = 0.1
     resync_interval: float = 30.0
-    resync_batch_rules: int = 2000
+    resync_batch_rules: int = 1000
     max_retry_interval: float = 30.0
 
     def __post_init__(self) -> None:
