@@ -27,6 +27,7 @@ from a template gets them when it is itself created.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,7 @@ DEFAULT_NAMESPACE = "default"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 DEFAULT_FILE_MODE = 0o644  # 420, the mode of files projected from ConfigMaps and Secrets
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+SECRET_TYPE_OPAQUE = "Opaque"
 
 
 def apply_defaults(obj: _Obj) -> None:
@@ -314,6 +316,34 @@ def _default_node(obj: _Obj) -> None:
         status["allocatable"] = dict(capacity)
 
 
+def _default_secret(obj: _Obj) -> None:
+    """type Opaque, and stringData folded into data, as Kubernetes' v1 decoding does.
+
+    stringData is write-only: each value is stored base64-encoded under data, replacing
+    a data value of the same key, and stringData itself is dropped. It is left in place
+    (for validation to report) when it or data is malformed. Line breaks in data values
+    are dropped, as Kubernetes' base64 decoder ignores them.
+    """
+    if obj.get("type") in (None, ""):
+        obj["type"] = SECRET_TYPE_OPAQUE
+    data = obj.get("data", {})
+    if not isinstance(data, dict):
+        return
+    for key, value in data.items():
+        if isinstance(value, str) and ("\n" in value or "\r" in value):
+            data[key] = value.replace("\n", "").replace("\r", "")
+    string_data = obj.get("stringData")
+    if not isinstance(string_data, dict):
+        return
+    try:
+        encoded = {k: base64.b64encode(v.encode()).decode() for k, v in string_data.items()}
+    except (AttributeError, UnicodeEncodeError):
+        return  # a non-string or unencodable value: validation names it
+    if encoded:
+        obj["data"] = {**data, **encoded}
+    del obj["stringData"]
+
+
 # Event and Lease have no defaults in Kubernetes' core/v1 and coordination/v1: an Event's
 # `type` is left as the writer set it. ConfigMap has none either.
 _KIND_DEFAULTS: dict[str, Callable[[_Obj], None]] = {
@@ -324,4 +354,5 @@ _KIND_DEFAULTS: dict[str, Callable[[_Obj], None]] = {
     "Endpoints": _default_endpoints,
     "Namespace": _default_namespace_kind,
     "Node": _default_node,
+    "Secret": _default_secret,
 }

@@ -42,6 +42,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("Service", "services", "", "v1", True, ("svc",), has_status=True),
     Kind("Endpoints", "endpoints", "", "v1", True, ("ep",)),
     Kind("ConfigMap", "configmaps", "", "v1", True, ("cm",)),
+    Kind("Secret", "secrets", "", "v1", True),
     Kind("Node", "nodes", "", "v1", False, ("no",), has_status=True),
     Kind("Event", "events", "", "v1", True, ("ev",)),
     Kind("Lease", "leases", "coordination.k8s.io", "v1", True),

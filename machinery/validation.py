@@ -64,6 +64,7 @@ NOT_FOUND = "FieldValueNotFound"
 
 ANNOTATIONS_MAX_BYTES = 256 * 1024
 CONFIGMAP_MAX_BYTES = 1024 * 1024
+SECRET_MAX_BYTES = 1024 * 1024
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
 _Obj = dict[str, Any]
@@ -1399,6 +1400,85 @@ def _check_config_map(obj: _Obj, errs: Errors, kind: kinds.Kind) -> None:
         errs.too_long("data", CONFIGMAP_MAX_BYTES, "bytes in data and binaryData together")
 
 
+# Errors about a Secret's values never quote them.
+_REDACTED = "<secret contents redacted>"
+# The keys that Secrets of the built-in types must hold in data, as Kubernetes requires.
+_SECRET_REQUIRED_KEYS = {
+    "kubernetes.io/tls": ("tls.crt", "tls.key"),
+    "kubernetes.io/ssh-auth": ("ssh-privatekey",),
+    "kubernetes.io/dockercfg": (".dockercfg",),
+    "kubernetes.io/dockerconfigjson": (".dockerconfigjson",),
+}
+_DOCKER_CONFIG_KEYS = (".dockercfg", ".dockerconfigjson")
+SERVICE_ACCOUNT_NAME_ANNOTATION = "kubernetes.io/service-account.name"
+
+
+def _check_secret(obj: _Obj, errs: Errors, kind: kinds.Kind) -> None:
+    _check_metadata(obj, errs, kind)
+    data = _dict(obj.get("data"))
+    decoded: dict[str, bytes] = {}
+    total = 0
+    for key, value in data.items():
+        p = f"data[{key}]"
+        errs.check(p, key, _config_key_problem(key))
+        if not isinstance(value, str):
+            continue  # the schema reports it
+        try:
+            decoded[key] = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            errs.invalid(p, _REDACTED, "must be base64-encoded")
+            continue
+        total += len(key) + len(decoded[key])
+    if total > SECRET_MAX_BYTES:
+        errs.too_long("data", SECRET_MAX_BYTES, "bytes in data (keys and decoded values)")
+    # stringData is merged into data by the defaults; what is left could not be.
+    for key, value in _dict(obj.get("stringData")).items():
+        p = f"stringData[{key}]"
+        errs.check(p, key, _config_key_problem(key))
+        if isinstance(value, str) and not _utf8(value):
+            errs.invalid(p, _REDACTED, "must be valid UTF-8 text")
+    _check_secret_type(obj, data, decoded, errs)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_secret_type(obj: _Obj, data: _Obj, decoded: dict[str, bytes], errs: Errors) -> None:
+    """The keys and annotations the built-in Secret types need; other types are free-form."""
+    secret_type = obj.get("type")
+    if secret_type == "kubernetes.io/service-account-token":
+        annotations = _dict(_dict(obj.get("metadata")).get("annotations"))
+        if not annotations.get(SERVICE_ACCOUNT_NAME_ANNOTATION):
+            errs.required(f"metadata.annotations[{SERVICE_ACCOUNT_NAME_ANNOTATION}]")
+    elif secret_type == "kubernetes.io/basic-auth" and not {"username", "password"} & set(data):
+        # Either may be empty, but one of them must be there.
+        errs.required("data[username]", "a basic-auth Secret needs username or password")
+        errs.required("data[password]", "a basic-auth Secret needs username or password")
+    required = _SECRET_REQUIRED_KEYS.get(secret_type, ()) if isinstance(secret_type, str) else ()
+    for key in required:
+        if key not in data:
+            errs.required(f"data[{key}]", f"a Secret of type {secret_type} must have it")
+        elif key == "ssh-privatekey" and decoded.get(key) == b"":
+            errs.required(f"data[{key}]", "must not be empty")
+        elif key in _DOCKER_CONFIG_KEYS and key in decoded:
+            _check_docker_config(decoded[key], f"data[{key}]", errs)
+
+
+def _check_docker_config(raw: bytes, path: str, errs: Errors) -> None:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        errs.invalid(path, _REDACTED, f"must be a JSON object: {err}")
+        return
+    if not isinstance(doc, dict):
+        errs.invalid(path, _REDACTED, "must be a JSON object")
+
+
 def _check_node(obj: _Obj, errs: Errors, kind: kinds.Kind) -> None:
     _check_metadata(obj, errs, kind)
     spec, status = _dict(obj.get("spec")), _dict(obj.get("status"))
@@ -1468,6 +1548,7 @@ _KIND_CHECKS: dict[str, Callable[[_Obj, Errors, kinds.Kind], None]] = {
     "Service": _check_service,
     "Endpoints": _check_endpoints,
     "ConfigMap": _check_config_map,
+    "Secret": _check_secret,
     "Node": _check_node,
     "Event": _check_event,
     "Lease": _check_plain,
@@ -1609,6 +1690,16 @@ def _update_config_map(old: _Obj, new: _Obj, errs: Errors) -> None:
             errs.forbidden(field, "field is immutable when `immutable` is set")
 
 
+def _update_secret(old: _Obj, new: _Obj, errs: Errors) -> None:
+    _immutable(errs, "type", old.get("type"), new.get("type"))
+    if old.get("immutable") is not True:
+        return
+    if new.get("immutable") is not True:
+        errs.forbidden("immutable", "field is immutable when `immutable` is set")
+    if (old.get("data") or {}) != (new.get("data") or {}):
+        errs.forbidden("data", "field is immutable when `immutable` is set")
+
+
 _UPDATE_CHECKS: dict[str, Callable[[_Obj, _Obj, Errors], None]] = {
     "Pod": _update_pod,
     "ReplicaSet": _update_workload,
@@ -1616,4 +1707,5 @@ _UPDATE_CHECKS: dict[str, Callable[[_Obj, _Obj, Errors], None]] = {
     "Service": _update_service,
     "Node": _update_node,
     "ConfigMap": _update_config_map,
+    "Secret": _update_secret,
 }

@@ -548,6 +548,17 @@ status:
   phase: Active
 """
 
+SECRET_YAML = """
+apiVersion: v1
+kind: Secret
+metadata: {name: web-tls, namespace: shop}
+type: kubernetes.io/tls
+data:
+  tls.crt: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0t
+  tls.key: LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0t
+immutable: true
+"""
+
 MANIFESTS: dict[str, str] = {
     "deployment-with-probes-resources-env-volumes": DEPLOYMENT_YAML,
     "deployment-from-kubectl-dry-run": GENERATED_DEPLOYMENT_YAML,
@@ -560,6 +571,7 @@ MANIFESTS: dict[str, str] = {
     "service-external-name": EXTERNAL_SERVICE_YAML,
     "endpoints-ready-and-not-ready": ENDPOINTS_YAML,
     "configmap-data-and-binary": CONFIGMAP_YAML,
+    "secret-tls-immutable": SECRET_YAML,
     "node-registered-by-kubelet": NODE_YAML,
     "event-kubelet-pulled": EVENT_YAML,
     "event-new-style-about-node": NODE_EVENT_YAML,
