@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
+import stat
 import sys
 from collections.abc import Callable
 
 from prometheus_client import start_http_server
 
+from apiserver import encryption
 from apiserver.server import ApiServer, ServerConfig
 from apiserver.serviceip import DEFAULT_NODE_PORT_RANGE, DEFAULT_SERVICE_CIDR, IPRange, PortRange
 from machinery import log as logging_setup
@@ -96,12 +99,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="LOW-HIGH range of Services' nodePorts (default: %(default)s)",
     )
     parser.add_argument(
+        "--encryption-key-file",
+        default="",
+        metavar="PATH",
+        help="encrypt Secrets in etcd with the keys in PATH: base64 of 32 random bytes, or "
+        "YAML `keys: [{name, secret}]` whose first key encrypts and all decrypt (make one "
+        "with: python -m apiserver.encryption new-key PATH); without it Secrets are stored "
+        "in plaintext",
+    )
+    parser.add_argument(
         "--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default: INFO)"
     )
     return parser.parse_args(argv)
 
 
-async def run(args: argparse.Namespace) -> None:
+def load_encryption_keys(path: str) -> tuple[encryption.EncryptionKey, ...]:
+    """The keys of --encryption-key-file (none without it); KeyFileError when unusable."""
+    if not path:
+        return ()
+    keys = tuple(encryption.load_key_file(path))
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        log.warning(
+            "encryption key file is readable by others than its owner", path=path, mode=oct(mode)
+        )
+    return keys
+
+
+async def run(args: argparse.Namespace, keys: tuple[encryption.EncryptionKey, ...] = ()) -> None:
     config = ServerConfig(
         etcd_endpoints=[e.strip() for e in args.etcd_servers.split(",") if e.strip()],
         listen=args.listen,
@@ -112,6 +137,7 @@ async def run(args: argparse.Namespace) -> None:
         event_ttl=args.event_ttl,
         service_cidr=args.service_cluster_ip_range,
         node_port_range=args.service_node_port_range,
+        encryption_keys=keys,
     )
     server = ApiServer(config)
     await server.start()
@@ -127,10 +153,15 @@ async def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging_setup.setup(args.log_level)
+    try:
+        keys = load_encryption_keys(args.encryption_key_file)
+    except encryption.KeyFileError as err:
+        log.error("cannot use the encryption key file", err=err)
+        return 1
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address)
     try:
-        asyncio.run(run(args))
+        asyncio.run(run(args, keys))
     except RuntimeError as err:
         log.error("API server failed", err=err)
         return 1

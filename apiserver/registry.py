@@ -12,6 +12,11 @@ etcd's mod revision of the key, added on every read. Every write is a
 compare-and-swap on that revision. A write that carries a resourceVersion
 fails with Conflict when it is stale; one that carries none is retried on
 the latest version (an unconditional update).
+
+Resources with a Transformer (Secrets, when the server has an encryption key)
+are sealed in `_encode` after the size check, so the limit is on the object,
+not on its ciphertext, and opened in `_plain` before anything reads them; a
+value that cannot be opened is an InternalError naming the object, logged.
 """
 
 from __future__ import annotations
@@ -23,10 +28,10 @@ import dataclasses
 import json
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from apiserver import codec
+from apiserver import codec, encryption
 from apiserver import store as st
 from apiserver.serviceip import Allocation, Owner, ServiceAllocator
 from apiserver.watchcache import WatchCache
@@ -77,8 +82,11 @@ class Registry:
         rng: random.Random | None = None,
         max_object_bytes: int = MAX_OBJECT_BYTES,
         service_ips: ServiceAllocator | None = None,
+        transformers: Mapping[str, encryption.Transformer] | None = None,
     ) -> None:
         self._store = store
+        # resource -> how its stored bytes are sealed; resources not named are stored plain.
+        self._transformers = dict(transformers or {})
         # Services get their clusterIP and nodePorts inside create and update, as in
         # Kubernetes, so the Service a client gets back already has them.
         self._service_ips = service_ips
@@ -99,7 +107,7 @@ class Registry:
             return f"{self.prefix}/{kind.resource}/{namespace}/{name}"
         return f"{self.prefix}/{kind.resource}/{name}"
 
-    def _encode(self, kind: Kind, obj: dict[str, Any]) -> bytes:
+    def _encode(self, kind: Kind, obj: dict[str, Any], key: str) -> bytes:
         data = codec.encode(obj)
         if len(data) > self._max_bytes:
             name = obj["metadata"].get("name", "")
@@ -109,11 +117,27 @@ class Registry:
                 kind=kind.kind,
                 name=name,
             )
+        transformer = self._transformers.get(kind.resource)
+        if transformer is not None:
+            data = transformer.to_storage(data, context=key.encode())
         return data
 
-    @staticmethod
-    def _decode(kv: st.KeyValue) -> dict[str, Any]:
-        return codec.decode(kv.value, kv.mod_revision)
+    def _plain(self, kind: Kind, kv: st.KeyValue) -> bytes:
+        """The stored value as codec.encode wrote it, opened when its resource is sealed."""
+        transformer = self._transformers.get(kind.resource)
+        if transformer is None:
+            return kv.value
+        try:
+            return transformer.from_storage(kv.value, context=kv.key.encode())
+        except encryption.DecryptError as err:
+            where = kv.key.removeprefix(self.prefix + "/")
+            log.error("failed to decrypt a stored object", key=where, err=err)
+            raise errors.InternalError(
+                f"failed to decrypt {where} from storage: {err}", kind=kind.kind
+            ) from None
+
+    def _decode(self, kind: Kind, kv: st.KeyValue) -> dict[str, Any]:
+        return codec.decode(self._plain(kind, kv), kv.mod_revision)
 
     def _not_found(self, kind: Kind, name: str) -> errors.NotFound:
         return errors.NotFound(f'{kind.resource} "{name}" not found', kind=kind.kind, name=name)
@@ -168,10 +192,10 @@ class Registry:
                 self._validate(kind, obj)
                 if allocation is None and kind.kind == "Service" and self._service_ips:
                     allocation = await self._service_ips.allocate(obj, dry_run=dry_run)
-                data = self._encode(kind, obj)
+                key = self.key(kind, meta.get("namespace", ""), meta["name"])
+                data = self._encode(kind, obj, key)
                 if dry_run:
                     return obj
-                key = self.key(kind, meta.get("namespace", ""), meta["name"])
                 try:
                     revision = await self._store.create(key, data)
                 except st.KeyExists:
@@ -297,7 +321,7 @@ class Registry:
             raise self._not_found(kind, name) from None
         except st.StoreUnavailable as err:
             raise errors.Unavailable(str(err)) from err
-        return self._decode(kv)
+        return self._decode(kind, kv)
 
     async def list(
         self,
@@ -336,9 +360,10 @@ class Registry:
             # etcd's header names its current revision; a read at a fixed one stays there.
             revision = revision or page.revision
             for kv in page.items:
-                obj = self._decode(kv)
+                value = self._plain(kind, kv)
+                obj = codec.decode(value, kv.mod_revision)
                 if _matches(obj, labels, fields):
-                    items.append(codec.with_version(kv.value, kv.mod_revision))
+                    items.append(codec.with_version(value, kv.mod_revision))
             more = page.more
             if not more or not page.items:
                 break
@@ -522,14 +547,14 @@ class Registry:
                 raise errors.Unavailable(str(err)) from err
             if precondition and precondition != str(kv.mod_revision):
                 raise self._stale(kind, name)
-            current = self._decode(kv)
+            current = self._decode(kind, kv)
             new = mutate(copy.deepcopy(current))
             new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
             if new == current or dry_run:
                 return new
             if _finished_deleting(new):
                 return await self._delete_now(kind, key, name, kv.mod_revision, new)
-            data = self._encode(kind, new)
+            data = self._encode(kind, new, key)
             try:
                 revision = await self._store.update(key, data, expected_revision=kv.mod_revision)
             except st.RevisionMismatch:
@@ -575,7 +600,7 @@ class Registry:
                 raise self._not_found(kind, name) from None
             except st.StoreUnavailable as err:
                 raise errors.Unavailable(str(err)) from err
-            current = self._decode(kv)
+            current = self._decode(kind, kv)
             meta = current["metadata"]
             if uid and meta.get("uid") != uid:
                 raise self._conflict(
@@ -598,7 +623,7 @@ class Registry:
                 if new == current:
                     return current
                 revision = await self._store.update(
-                    key, self._encode(kind, new), expected_revision=kv.mod_revision
+                    key, self._encode(kind, new, key), expected_revision=kv.mod_revision
                 )
             except (st.RevisionMismatch, errors.Conflict):
                 if resource_version:

@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from apiserver import encryption
 from apiserver.garbagecollector import GarbageCollector
 from apiserver.registry import SYSTEM_NAMESPACES, Registry
 from apiserver.service import SERVICE_NAME, ObjectService
@@ -49,6 +50,9 @@ class ServerConfig:
     node_port_range: str = DEFAULT_NODE_PORT_RANGE
     # Seconds between passes that free leaked Service allocations; 0 turns them off.
     service_ip_repair_interval: float = 60.0
+    # Keys Secrets are encrypted with in etcd (--encryption-key-file), the write key
+    # first; none: Secrets are stored in plaintext, with a warning at start.
+    encryption_keys: tuple[encryption.EncryptionKey, ...] = ()
 
 
 class ApiServer:
@@ -58,6 +62,8 @@ class ApiServer:
         self.config = config
         self._clock = clock or RealClock()
         self.store = store or EtcdStore(config.etcd_endpoints)
+        sealer = encryption.transformer_for(config.encryption_keys)
+        transformers = {r: sealer for r in encryption.ENCRYPTED_RESOURCES}
         self.caches = {
             k.resource: WatchCache(
                 self.store,
@@ -65,6 +71,7 @@ class ApiServer:
                 prefix=f"{config.prefix.rstrip('/')}/{k.resource}/",
                 capacity=config.watch_cache_capacity,
                 clock=self._clock,
+                transformer=transformers.get(k.resource),
             )
             for k in kinds.KINDS
         }
@@ -81,6 +88,7 @@ class ApiServer:
             clock=self._clock,
             caches=self.caches,
             service_ips=self.service_ips,
+            transformers=transformers,
         )
         self.collector = GarbageCollector(self.registry, self.caches, clock=self._clock)
         self._service = ObjectService(
@@ -122,6 +130,18 @@ class ApiServer:
         self._server = server
         for cache in self.caches.values():
             cache.start()
+        if not self.config.encryption_keys:
+            log.warning(
+                "Secrets are stored in etcd in plaintext: no --encryption-key-file given",
+                resources=",".join(encryption.ENCRYPTED_RESOURCES),
+            )
+        else:
+            log.info(
+                "encrypting at rest",
+                resources=",".join(encryption.ENCRYPTED_RESOURCES),
+                write_key=self.config.encryption_keys[0].name,
+                keys=len(self.config.encryption_keys),
+            )
         self._tasks.append(asyncio.create_task(self._become_ready(), name="apiserver-ready"))
         if self.config.compaction_interval > 0:
             self._tasks.append(asyncio.create_task(self._compact_forever(), name="compactor"))

@@ -15,6 +15,13 @@ its client resumes from the last resourceVersion it saw.
 
 Invariants: events reach watchers in etcd revision order; a watcher never
 sees an event twice nor misses one between its start revision and its close.
+
+A cache given a Transformer (the Secrets cache, under encryption at rest) opens
+each stored value before decoding it; the others decode etcd's bytes as they
+are. A value that cannot be opened (a key missing from the key file) is logged
+as an error and left out: that object is absent from a fresh list, or keeps its
+last readable state, and its watchers get no event for the change, while the
+rest of the resource is served as usual.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from apiserver import codec
-from apiserver.store import Compacted, Store, StoreError, WatchBatch
+from apiserver.encryption import DecryptError, Transformer
+from apiserver.store import Compacted, KeyValue, Store, StoreError, WatchBatch
 from machinery import errors
 from machinery.api import api_pb2
 from machinery.clock import Clock, RealClock
@@ -179,8 +187,10 @@ class WatchCache:
         watcher_capacity: int = 10_000,
         clock: Clock | None = None,
         on_overflow: Callable[[], None] | None = None,
+        transformer: Transformer | None = None,
     ) -> None:
         self._store = store
+        self._transformer = transformer
         self.resource = resource
         self._prefix = prefix
         self._objects: dict[str, Cached] = {}
@@ -252,8 +262,11 @@ class WatchCache:
             page = await self._store.list(self._prefix, revision=revision, limit=5000, start=start)
             revision = revision or page.revision
             for kv in page.items:
-                obj = codec.decode(kv.value, kv.mod_revision)
-                raw = codec.with_version(kv.value, kv.mod_revision)
+                value = kv.value if self._transformer is None else self._open(kv)
+                if value is None:
+                    continue
+                obj = codec.decode(value, kv.mod_revision)
+                raw = codec.with_version(value, kv.mod_revision)
                 objects[kv.key] = Cached(kv.key, obj, raw, kv.mod_revision)
             if not page.more:
                 break
@@ -288,15 +301,34 @@ class WatchCache:
                 current = Cached(kv.key, obj, raw, kv.mod_revision)
                 event = CacheEvent(DELETED, current, previous, kv.mod_revision)
             else:
-                obj = codec.decode(kv.value, kv.mod_revision)
+                value = kv.value if self._transformer is None else self._open(kv)
+                if value is None:
+                    self.revision = kv.mod_revision
+                    continue
+                obj = codec.decode(value, kv.mod_revision)
                 current = Cached(
-                    kv.key, obj, codec.with_version(kv.value, kv.mod_revision), kv.mod_revision
+                    kv.key, obj, codec.with_version(value, kv.mod_revision), kv.mod_revision
                 )
                 self._objects[kv.key] = current
                 kind = ADDED if change.created or previous is None else MODIFIED
                 event = CacheEvent(kind, current, previous, kv.mod_revision)
             self._record(event)
             self.revision = kv.mod_revision
+
+    def _open(self, kv: KeyValue) -> bytes | None:
+        """The plaintext of a sealed value; None (logged) when it cannot be opened."""
+        assert self._transformer is not None
+        try:
+            return self._transformer.from_storage(kv.value, context=kv.key.encode())
+        except DecryptError as err:
+            log.error(
+                "failed to decrypt a stored object, leaving it out of the cache",
+                resource=self.resource,
+                key=kv.key,
+                revision=kv.mod_revision,
+                err=err,
+            )
+            return None
 
     def _record(self, event: CacheEvent) -> None:
         if len(self._window) == self._window.maxlen:
