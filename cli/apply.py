@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from cli import manifests, printers
+from cli import manifests, printers, secrets
 from cli.errors import CliError, from_api
 from cli.session import Session
 from machinery import errors
@@ -45,16 +45,18 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser(
         "create",
-        help="create objects from manifests, or a namespace",
+        help="create objects from manifests, or a namespace or Secret",
         description="Create the objects in FILE (failing on existing ones), "
-        "or create a namespace: kctl create namespace NAME.",
+        "or create a namespace: kctl create namespace NAME, "
+        "or a Secret: kctl create secret generic NAME --from-literal=KEY=VALUE.",
     )
     p.add_argument("-f", "--filename", action="append", metavar="FILE|DIR|-")
     p.set_defaults(handler=run_create)
-    what = p.add_subparsers(dest="what", metavar="namespace")
+    what = p.add_subparsers(dest="what", metavar="namespace|secret")
     ns = what.add_parser("namespace", aliases=["ns"], help="create a namespace")
     ns.add_argument("name")
     ns.set_defaults(handler=run_create_namespace)
+    secrets.register_create(what)
 
     p = commands.add_parser("delete", help="delete objects by kind and name or from manifests")
     p.add_argument("kind", nargs="?", metavar="KIND[/NAME]")

@@ -9,6 +9,8 @@ BackOff, ...) are where a user looks for them.
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 from typing import Any
 
 import yaml
@@ -136,7 +138,7 @@ def _render(lines: list[tuple[str, Any]]) -> str:
         text = "<none>" if value in (None, "") else str(value)
         if (
             "\n" in text
-            or key in ("Events", "Containers", "Conditions")
+            or key in ("Events", "Containers", "Conditions", "Data")
             or key.startswith("Non-terminated")
         ):
             first, *rest = text.split("\n")
@@ -317,4 +319,22 @@ def _generic(obj: Obj) -> list[tuple[str, Any]]:
     ]
 
 
-SECTIONS = {"Pod": _pod, "Deployment": _deployment, "Node": _node, "Service": _service}
+def _secret(secret: Obj) -> list[tuple[str, Any]]:
+    """Type and each key's size, as kubectl shows them: the values are never printed."""
+    sizes = []
+    for key, value in sorted((secret.get("data") or {}).items()):
+        try:
+            size = len(base64.b64decode(value))
+        except (binascii.Error, ValueError, TypeError):
+            size = len(value) if isinstance(value, str) else 0
+        sizes.append(f"{key}:  {size} bytes")
+    return [("Type", secret.get("type") or "Opaque"), ("Data", "\n".join(sizes) or "<none>")]
+
+
+SECTIONS = {
+    "Pod": _pod,
+    "Deployment": _deployment,
+    "Node": _node,
+    "Service": _service,
+    "Secret": _secret,
+}

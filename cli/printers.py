@@ -179,6 +179,11 @@ def _configmap_row(cm: Obj, wide: bool) -> Row:
     ]
 
 
+def _secret_row(secret: Obj, wide: bool) -> Row:
+    data = secret.get("data") or {}
+    return [_meta(secret)["name"], secret.get("type") or "Opaque", str(len(data)), _age(secret)]
+
+
 def node_status(node: Obj) -> str:
     ready = next(
         (c for c in node.get("status", {}).get("conditions") or [] if c.get("type") == "Ready"),
@@ -259,6 +264,7 @@ TABLES: dict[str, Printer] = {
     ),
     "endpoints": (["NAME", "ENDPOINTS", "AGE"], [], _endpoints_row),
     "configmaps": (["NAME", "DATA", "AGE"], [], _configmap_row),
+    "secrets": (["NAME", "TYPE", "DATA", "AGE"], [], _secret_row),
     "nodes": (
         ["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
         ["INTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "CONTAINER-RUNTIME"],
