@@ -135,7 +135,13 @@ def prepare_host(cluster: dict) -> None:
         index = int(ns.rsplit("-", 1)[1])
         if index > cluster["nodes"]:
             hostnet.delete_node(net, index)
+    from apiserver.encryption import main as encryption_main
     from deploy.registry import write_registry_config
+
+    # The key that seals Secrets in etcd; kept across bring-ups, since losing it loses them.
+    key = state_dir(cluster["name"]) / "encryption-key"
+    if not key.exists() and encryption_main(["new-key", "--keep-existing", str(key)]) != 0:
+        raise SystemExit(f"error: failed to create the Secret encryption key {key}")
 
     registry = state_dir(cluster["name"]) / "registry"
     (registry / "data").mkdir(parents=True, exist_ok=True)

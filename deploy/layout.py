@@ -81,6 +81,7 @@ def control_plane(state: pathlib.Path, layout: dict[str, Any]) -> list[Component
                 f"--listen={api_local},{net.gateway}:{ports['apiserver']}",
                 f"--etcd-prefix=/registry/{name}",
                 f"--metrics-port={ports['apiserver_metrics']}",
+                f"--encryption-key-file={state / 'encryption-key'}",
             ],
         ),
         Component(
