@@ -410,30 +410,29 @@ class ServiceAllocator:
         """One repair pass against the Services as they are now: (released, restored)."""
         live: dict[tuple[str, str], Owner] = {}
         for service in services:
-            owner = Owner.of(service)
-            for value in held_by(service):
-                live.setdefault(value, owner)
+            for held in held_by(service):
+                live.setdefault(held, Owner.of(service))
         kvs = await self._list_all()
-        present = set()
+        present: set[tuple[str, str]] = set()
         released = 0
-        suspects = set()
+        suspects: set[tuple[str, str, int]] = set()
         for kv in kvs:
             space, _, value = kv.key.removeprefix(self._prefix + "/").partition("/")
             present.add((space, value))
-            owner = Owner.decode(kv.value)
+            recorded = Owner.decode(kv.value)
             holder = live.get((space, value))
-            if holder is not None and (owner is None or holder.uid == owner.uid):
+            if holder is not None and (recorded is None or holder.uid == recorded.uid):
                 continue
             mark = (space, value, kv.mod_revision)
             if mark in self._suspects:
-                await self._release_leaked(kv, owner)
+                await self._release_leaked(kv, recorded)
                 released += 1
             else:
                 suspects.add(mark)
         self._suspects = suspects
         restored = 0
-        for (space, value), owner in live.items():
-            if (space, value) not in present and await self._restore(space, value, owner):
+        for (space, value), holder in live.items():
+            if (space, value) not in present and await self._restore(space, value, holder):
                 restored += 1
         return released, restored
 

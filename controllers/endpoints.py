@@ -132,14 +132,14 @@ def desired_subsets(service: Obj, pods: list[Obj]) -> list[Obj]:
         address = pod_address(pod, service)
         (ready if publish or util.is_pod_ready(pod) else not_ready)[_address_key(address)] = address
     subsets = []
-    for ports, (ready, not_ready) in sorted(groups.items()):
+    for served, (ready, not_ready) in sorted(groups.items()):
         subset: Obj = {}
         if ready:
             subset["addresses"] = [ready[k] for k in sorted(ready)]
         if not_ready:
             subset["notReadyAddresses"] = [not_ready[k] for k in sorted(not_ready)]
-        if ports:
-            subset["ports"] = [p.as_dict() for p in ports]
+        if served:
+            subset["ports"] = [p.as_dict() for p in served]
         subsets.append(subset)
     return subsets
 

@@ -123,18 +123,23 @@ async def run(args: argparse.Namespace, settings: HollowConfig, servers: list[st
 
 
 async def _report(nodes: HollowNodes, every: float = 60.0) -> None:
+    """A status line a minute; a warning when renewals land later than an interval."""
     while True:
         await asyncio.sleep(every)
         s = nodes.stats
-        log.info(
-            "hollow nodes status",
-            leases_renewed=s.leases_renewed,
-            lease_failures=s.lease_failures,
-            max_renew_lag_ms=round(s.max_renew_lag * 1000),
-            pods_started=s.pods_started,
-            pods_finished=s.pods_finished,
-            queued=len(nodes.pipeline),
-        )
+        lag, s.max_renew_lag = s.max_renew_lag, 0.0
+        fields = {
+            "leases_renewed": s.leases_renewed,
+            "lease_failures": s.lease_failures,
+            "max_renew_lag_ms": round(lag * 1000),
+            "pods_started": s.pods_started,
+            "pods_finished": s.pods_finished,
+            "queued": len(nodes.pipeline),
+        }
+        if lag > nodes.config.lease_interval:
+            log.warning("lease renewals are late: the API server is not keeping up", **fields)
+        else:
+            log.info("hollow nodes status", **fields)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import ipaddress
 import time
 from typing import Any
@@ -164,7 +165,7 @@ class HollowNodes:
         self.pipeline.start()
         started = time.perf_counter()
         for node in self._nodes.values():
-            self.pipeline.submit(lambda n=node: self._register(n))
+            self.pipeline.submit(functools.partial(self._register, node))
         await self.pipeline.drain()
         log.info(
             "registered hollow nodes",
@@ -195,7 +196,7 @@ class HollowNodes:
         await self._factory.stop()
         if delete:
             for name in self._nodes:
-                self.pipeline.submit(lambda n=name: self._unregister(n))
+                self.pipeline.submit(functools.partial(self._unregister, name))
             await self.pipeline.drain()
         await self.pipeline.stop()
 
@@ -336,7 +337,7 @@ class HollowNodes:
                     continue  # the last renewal has not landed yet: do not pile up
                 node.renewing = True
                 node.renew_due = self.clock.monotonic()
-                self.pipeline.submit(lambda n=node: self._renew(n), slack=slack)
+                self.pipeline.submit(functools.partial(self._renew, node), slack=slack)
 
     async def _renew(self, node: _Node) -> None:
         try:
