@@ -1,0 +1,587 @@
+"""The multi-machine install, on one host: each "VM" is a network namespace of its own.
+
+Three servers and one agent hang on a bridge this test makes (deploy.hostnet,
+unique name prefix). Each machine is installed with `python -m
+deploy.roles.install` run inside its namespace, as on a VM (so the address is
+found on its interface, not given), and its components are started as
+processes with the argv of the ExecStart= lines of the units the install
+wrote: the test runs what systemd would. Checks: the three etcd members form
+one cluster, a client with every server's address writes, one scheduler and
+one controller manager lead, and after the whole server holding both leases
+is killed (every process, by PID) writes still succeed, the leases move to
+survivors no earlier than they expire, a new ReplicaSet gets its Pods from the
+surviving controller manager, and the agent's proxy, which was talking to the
+dead server first, programs a new Service. The agent runs its proxy only: its
+kubelet needs a registry and images that this test does not bring.
+
+The install's decisions (address choice, --servers, tokens, unit rendering)
+are checked table-driven without any namespace, and the address choice once
+more on a namespace with real interfaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from deploy import hostnet
+from deploy.roles import commands
+from deploy.roles.commands import LeaderElection
+from deploy.roles.install import (
+    Choice,
+    InstallError,
+    Interface,
+    check_token,
+    choose_address,
+    exec_start,
+    new_token,
+    parse_exec_start,
+    parse_servers,
+    render_unit,
+)
+from machinery import errors
+from machinery.client import ApiClient, retry
+from machinery.clock import parse_rfc3339
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+LEASE = LeaderElection(lease_duration=6, renew_deadline=4, retry_period=1)
+AGENT_NAME = "agent-1"
+SERVER_UNITS = ("kubelite-etcd", "kubelite-apiserver", "kubelite-controller-manager")
+
+# -- the install's decisions -------------------------------------------------------------
+
+ETH0 = Interface("eth0", ("10.0.2.15",), up=True)
+ETH1 = Interface("eth1", ("192.168.56.11",), up=True)
+LO = Interface("lo", (), up=True, loopback=True)
+BARE = Interface("eth2", (), up=True)
+DOWN = Interface("eth3", ("192.168.57.3",), up=False)
+PODS = Interface("kubelite0", ("10.244.1.1",), up=True)
+TWO = Interface("eth4", ("192.168.58.4", "192.168.58.5"), up=True)
+
+
+@pytest.mark.parametrize(
+    ("interfaces", "flags", "expected"),
+    [
+        pytest.param([LO, ETH0], {}, Choice("10.0.2.15", "eth0"), id="single-interface"),
+        pytest.param([LO, ETH0, DOWN], {}, Choice("10.0.2.15", "eth0"), id="down-ignored"),
+        pytest.param([LO, ETH0, PODS], {}, Choice("10.0.2.15", "eth0"), id="pod-bridge-ignored"),
+        pytest.param([LO, ETH0, ETH1], {"iface": "eth1"}, Choice("192.168.56.11", "eth1"), id="if"),
+        pytest.param(
+            [ETH0, ETH1], {"node_ip": "192.168.56.11"}, Choice("192.168.56.11", "eth1"), id="ip"
+        ),
+        pytest.param(
+            [ETH0, ETH1],
+            {"node_ip": "192.168.56.11", "iface": "eth1"},
+            Choice("192.168.56.11", "eth1"),
+            id="ip-on-iface",
+        ),
+        pytest.param(
+            [ETH0, ETH1],
+            {"remembered": "192.168.56.11"},
+            Choice("192.168.56.11", "eth1"),
+            id="rerun",
+        ),
+        pytest.param(
+            [ETH0, ETH1], {}, "several IPv4 addresses could be this machine's", id="nat-trap"
+        ),
+        pytest.param([LO, TWO], {}, "several IPv4 addresses", id="two-addresses-one-link"),
+        pytest.param([ETH0, BARE], {"iface": "eth2"}, "has no IPv4 address", id="bare-iface"),
+        pytest.param([ETH0], {"iface": "wlan0"}, "no such interface", id="unknown-iface"),
+        pytest.param([TWO], {"iface": "eth4"}, "choose one with --node-ip", id="iface-has-two"),
+        pytest.param([ETH0], {"node_ip": "10.9.9.9"}, "no interface of this machine", id="ip-gone"),
+        pytest.param(
+            [ETH0, ETH1],
+            {"node_ip": "10.0.2.15", "iface": "eth1"},
+            "is not an address of --iface eth1",
+            id="ip-not-on-iface",
+        ),
+        pytest.param([LO, DOWN], {}, "no interface that is up", id="nothing-up"),
+    ],
+)
+def test_the_address_is_chosen_never_guessed(interfaces, flags, expected) -> None:
+    choice = choose_address(interfaces, **flags)
+    if isinstance(expected, Choice):
+        assert choice == expected
+    else:
+        assert not choice.address and expected in choice.refusal, choice
+
+
+@pytest.mark.parametrize(
+    ("text", "own", "message"),
+    [
+        pytest.param("10.0.0.1,10.0.0.2", "10.0.0.1", "cannot lose one", id="two-servers"),
+        pytest.param("10.0.0.1,10.0.0.1,10.0.0.2", "", "listed twice", id="repeat"),
+        pytest.param("10.0.0.1,server-b,10.0.0.3", "", "'server-b' is not an IPv4", id="name"),
+        pytest.param("10.0.0.1,10.0.0.2,10.0.0.3", "10.0.0.9", "does not list", id="not-me"),
+        pytest.param(",", "", "give the servers' addresses", id="empty"),
+    ],
+)
+def test_bad_server_lists_are_refused(text: str, own: str, message: str) -> None:
+    with pytest.raises(InstallError, match=message):
+        parse_servers(text, own=own)
+
+
+def test_tokens_have_the_bootstrap_token_shape() -> None:
+    token = new_token()
+    assert check_token(token) == token
+    assert new_token() != token
+    for bad in ("", "abcdef.0123", "ABCDEF.0123456789abcdef", "abcdef0123456789abcdef"):
+        with pytest.raises(InstallError, match="not a join token"):
+            check_token(bad)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(("/usr/bin/etcd", "--name=a", "--x=http://1.2.3.4:2380"), id="plain"),
+        pytest.param(("python", "--label=a b", 'say "hi"'), id="spaces-and-quotes"),
+        pytest.param(("sh", "-c", "echo 100% $HOME"), id="specifiers-and-variables"),
+    ],
+)
+def test_exec_start_round_trips(argv: tuple[str, ...]) -> None:
+    line = exec_start(argv)
+    assert "%%" in line or "%" not in "".join(argv)
+    assert parse_exec_start(line) == list(argv)
+
+
+def test_unit_templates_need_every_value() -> None:
+    assert render_unit("ExecStart=@EXEC_START@\n", {"EXEC_START": "x"}, name="t") == "ExecStart=x\n"
+    with pytest.raises(InstallError, match="needs values for"):
+        render_unit("WorkingDirectory=@ROOT@\n", {}, name="t")
+
+
+def test_every_rendered_unit_has_a_template() -> None:
+    server = commands.ServerConfig(
+        node_ip="10.0.0.1",
+        servers=("10.0.0.1", "10.0.0.2", "10.0.0.3"),
+        state_dir=pathlib.Path("/var/lib/kubelite/server"),
+        python=sys.executable,
+        registry=True,
+    )
+    agent = commands.AgentConfig(
+        node_ip="10.0.0.9",
+        node_name="a",
+        servers=server.servers,
+        state_dir=pathlib.Path("/var/lib/kubelite/agent"),
+        python=sys.executable,
+        registry="10.0.0.1:5000",
+    )
+    units = {c.unit for c in commands.server_commands(server) + commands.agent_commands(agent)}
+    templates = {p.stem for p in (ROOT / "deploy" / "systemd").glob("*.service")}
+    assert units == templates
+    etcd = commands.server_commands(server)[0].argv
+    initial = next(a for a in etcd if a.startswith("--initial-cluster="))
+    assert initial.count("=http://") == 3 and "server-10-0-0-2=http://10.0.0.2:2380" in initial
+
+
+# -- machines as network namespaces ------------------------------------------------------
+
+
+def _run_in(netns: str, argv: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **kwargs,
+    )
+
+
+def _install(netns: str, role: str, state: pathlib.Path, *args: str):
+    argv = [sys.executable, "-m", "deploy.roles.install", role, "--state-dir", str(state)]
+    argv += ["--unit-dir", str(state / "units"), "--no-enable", *args]
+    return _run_in(netns, argv)
+
+
+@pytest.mark.root
+def test_install_refuses_to_guess_among_real_interfaces(tmp_path: pathlib.Path) -> None:
+    """A namespace with a NAT-like and a LAN-like interface, and one without an address."""
+    name = f"i{uuid.uuid4().hex[:6]}"
+    netns = f"{name}-vm"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+
+        def ip(*args: str) -> None:
+            subprocess.run(["ip", "-n", netns, *args], check=True, capture_output=True)
+
+        for a, b in (("nat0", "nat1"), ("lan0", "lan1"), ("bare0", "bare1")):
+            ip("link", "add", a, "type", "veth", "peer", "name", b)
+            ip("link", "set", a, "up")
+        ip("addr", "add", "10.0.2.15/24", "dev", "nat0")
+        ip("addr", "add", "192.168.56.11/24", "dev", "lan0")
+
+        guessed = _install(netns, "server", tmp_path / "a")
+        assert guessed.returncode == 2
+        assert "nat0 10.0.2.15, lan0 192.168.56.11" in guessed.stderr
+        assert not (tmp_path / "a" / "units").exists()
+
+        bare = _install(netns, "server", tmp_path / "b", "--iface", "bare0")
+        assert bare.returncode == 2 and "has no IPv4 address" in bare.stderr
+
+        chosen = _install(netns, "server", tmp_path / "c", "--iface", "lan0")
+        assert chosen.returncode == 0, chosen.stderr
+        assert "server 192.168.56.11 (interface lan0)" in chosen.stdout
+        unit = (tmp_path / "c" / "units" / "kubelite-apiserver.service").read_text()
+        assert "--listen=192.168.56.11:6443" in unit
+
+        # A rerun without flags keeps the address the first run chose.
+        rerun = _install(netns, "server", tmp_path / "c")
+        assert rerun.returncode == 0 and "server 192.168.56.11" in rerun.stdout
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=False)
+
+
+@dataclasses.dataclass
+class Machine:
+    index: int
+    netns: str
+    ip: str
+    state: pathlib.Path
+    processes: dict[str, subprocess.Popen] = dataclasses.field(default_factory=dict)
+
+    def argv(self, unit: str) -> list[str]:
+        """What the unit's ExecStart= runs."""
+        text = (self.state / "units" / f"{unit}.service").read_text()
+        line = next(x for x in text.splitlines() if x.startswith("ExecStart="))
+        return parse_exec_start(line.removeprefix("ExecStart="))
+
+    def start(self, unit: str) -> subprocess.Popen:
+        logs = self.state / "logs"
+        logs.mkdir(exist_ok=True)
+        with open(logs / f"{unit}.log", "ab") as out:
+            process = subprocess.Popen(
+                ["ip", "netns", "exec", self.netns, *self.argv(unit)],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        self.processes[unit] = process
+        return process
+
+    def log(self, unit: str) -> str:
+        path = self.state / "logs" / f"{unit}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+    def pid(self, unit: str) -> int:
+        return self.processes[unit].pid
+
+
+class HA:
+    def __init__(self, name: str, tmp: pathlib.Path) -> None:
+        self.name = name
+        self.net = hostnet.ClusterNet(name, hostnet.pick_subnet())
+        self.machines = [
+            Machine(i, self.net.netns(i), self.net.node_ip(i), tmp / f"vm{i}") for i in (1, 2, 3, 4)
+        ]
+        self.servers = self.machines[:3]
+        self.agent = self.machines[3]
+        # The server that will be lost: the agent's first choice (set at bring-up).
+        self.victim = self.servers[0]
+        self.server_ips = tuple(m.ip for m in self.servers)
+
+    @property
+    def api_addresses(self) -> list[str]:
+        return [f"{ip}:{commands.APISERVER_PORT}" for ip in self.server_ips]
+
+    def server_at(self, ip: str) -> Machine:
+        return next(m for m in self.servers if m.ip == ip)
+
+    def owner_of(self, pid: int, unit: str) -> Machine | None:
+        return next((m for m in self.servers if unit in m.processes and m.pid(unit) == pid), None)
+
+    def logs(self, unit: str) -> str:
+        return "\n".join(f"--- vm{m.index} {unit}:\n{m.log(unit)[-1500:]}" for m in self.machines)
+
+    def close(self) -> None:
+        for machine in self.machines:
+            machine.kill()
+        hostnet.delete_all(self.name)
+
+
+def eventually(check, *, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except (OSError, ValueError, KeyError) as err:
+            result, last = None, err
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"{what} (last: {last})")
+
+
+async def eventually_async(check, *, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            result = await check()
+        except errors.ApiError as err:
+            result, last = None, err
+        if result:
+            return result
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what} (last: {last})")
+
+
+def etcd_call(ip: str, path: str) -> dict:
+    request = urllib.request.Request(
+        f"http://{ip}:{commands.ETCD_CLIENT_PORT}{path}",
+        data=b"{}" if path.startswith("/v3/") else None,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=3) as response:
+        return json.loads(response.read())
+
+
+def etcd_healthy(ip: str) -> bool:
+    return etcd_call(ip, "/health").get("health") == "true"
+
+
+async def answers(address: str) -> bool:
+    async with ApiClient([address], timeout=3) as api:
+        try:
+            await api.get("namespaces", "default")
+        except errors.ApiError:
+            return False
+    return True
+
+
+async def lease_holder(api: ApiClient, name: str) -> tuple[int, dict]:
+    lease = await api.get("leases", name, namespace="kube-system")
+    identity = lease["spec"].get("holderIdentity", "")
+    return (int(identity.split("_")[-2]) if identity else 0), lease["spec"]
+
+
+def bring_up(ha: HA) -> None:
+    # Plumbing: the bridge and one namespace per machine, as separate VMs on a LAN.
+    hostnet.ensure_bridge(ha.net)
+    for machine in ha.machines:
+        hostnet.ensure_node(ha.net, machine.index)
+
+    # Install every machine from inside its namespace; the first server makes the token.
+    servers = ",".join(ha.server_ips)
+    timings = [
+        f"--leader-elect-lease-duration={LEASE.lease_duration:g}",
+        f"--leader-elect-renew-deadline={LEASE.renew_deadline:g}",
+        f"--leader-elect-retry-period={LEASE.retry_period:g}",
+    ]
+    first = _install(ha.servers[0].netns, "server", ha.servers[0].state, "--servers", servers)
+    assert first.returncode == 0, first.stderr
+    token = next(x for x in first.stdout.splitlines() if x.startswith("join token: ")).split()[2]
+    for machine in ha.servers:
+        result = _install(
+            machine.netns, "server", machine.state, "--servers", servers, "--token", token, *timings
+        )
+        assert result.returncode == 0, result.stderr
+        assert f"server {machine.ip} (interface eth0) of 3" in result.stdout
+    result = _install(
+        ha.agent.netns, "agent", ha.agent.state, "--servers", servers, "--token", token,
+        "--node-name", AGENT_NAME,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert {(m.state / "join-token").read_text() for m in ha.machines} == {token + "\n"}
+
+    # etcd first: the members find each other from the same initial cluster.
+    for machine in ha.servers:
+        machine.start("kubelite-etcd")
+    for machine in ha.servers:
+        eventually(
+            lambda m=machine: etcd_healthy(m.ip), timeout=60, what=f"etcd on vm{machine.index}"
+        )
+
+    # The API servers, each on its own member first.
+    for machine in ha.servers:
+        machine.start("kubelite-apiserver")
+    for address in ha.api_addresses:
+        eventually(
+            lambda a=address: asyncio.run(answers(a)), timeout=60, what=f"API server at {address}"
+        )
+
+
+def start_leaders_first(ha: HA, victim: Machine) -> None:
+    """The victim's scheduler and controller manager start alone, so they take the leases."""
+    for unit in ("kubelite-controller-manager", "kubelite-scheduler"):
+        victim.start(unit)
+
+    async def leading() -> bool:
+        async with ApiClient(ha.api_addresses, timeout=3) as api:
+            for lease, unit in (
+                ("kube-controller-manager", "kubelite-controller-manager"),
+                ("kube-scheduler", "kubelite-scheduler"),
+            ):
+                try:
+                    holder, _ = await lease_holder(api, lease)
+                except errors.ApiError:
+                    return False
+                if holder != victim.pid(unit):
+                    return False
+        return True
+
+    eventually(lambda: asyncio.run(leading()), timeout=60, what="the first leaders")
+    for machine in ha.servers:
+        if machine is not victim:
+            machine.start("kubelite-controller-manager")
+            machine.start("kubelite-scheduler")
+        machine.start("kubelite-dns")
+    ha.agent.start("kubelite-proxy")
+
+
+@pytest.fixture(scope="module")
+def ha(tmp_path_factory: pytest.TempPathFactory):
+    if os.geteuid() != 0:
+        pytest.skip("needs root (namespaces)")
+    testbed = HA(f"h{uuid.uuid4().hex[:6]}", tmp_path_factory.mktemp("ha"))
+    try:
+        bring_up(testbed)
+        # The server the agent talks to first is the one that will be lost.
+        first = commands.spread(testbed.server_ips, AGENT_NAME)[0]
+        testbed.victim = testbed.server_at(first)
+        start_leaders_first(testbed, testbed.victim)
+        bootstrap = testbed.servers[1]
+        done = _run_in(bootstrap.netns, bootstrap.argv("kubelite-bootstrap"))
+        assert done.returncode == 0, done.stdout + done.stderr
+        yield testbed
+    except BaseException:
+        print(testbed.logs("kubelite-apiserver"), testbed.logs("kubelite-etcd"))
+        raise
+    finally:
+        testbed.close()
+
+
+@pytest.mark.root
+async def test_three_servers_are_one_cluster(ha: HA) -> None:
+    # One etcd cluster: every member lists the same three, under the same cluster ID.
+    lists = [etcd_call(ip, "/v3/cluster/member/list") for ip in ha.server_ips]
+    assert len({m["header"]["cluster_id"] for m in lists}) == 1
+    for members in lists:
+        assert sorted(m["name"] for m in members["members"]) == sorted(
+            commands.member_name(ip) for ip in ha.server_ips
+        )
+
+    # A client with every server's address writes; every API server reads it back.
+    async with ApiClient(ha.api_addresses, timeout=5) as api:
+        cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "before"}}
+        await api.create("configmaps", cm, namespace="default")
+        dns = await api.get("endpoints", "kube-dns", namespace="kube-system")
+        assert sorted(a["ip"] for a in dns["subsets"][0]["addresses"]) == sorted(ha.server_ips)
+        for address in ha.api_addresses:
+            async with ApiClient([address], timeout=5) as one:
+                await eventually_async(
+                    lambda o=one: o.get("configmaps", "before", namespace="default"),
+                    timeout=10,
+                    what=f"the ConfigMap through {address}",
+                )
+
+        # Exactly one leader of each: the first started, and no other ever led.
+        for lease, unit in (
+            ("kube-controller-manager", "kubelite-controller-manager"),
+            ("kube-scheduler", "kubelite-scheduler"),
+        ):
+            holder, _ = await lease_holder(api, lease)
+            assert holder == ha.victim.pid(unit)
+            leaders = [m for m in ha.servers if "became leader" in m.log(unit)]
+            assert leaders == [ha.victim], ha.logs(unit)
+
+
+@pytest.mark.root
+async def test_losing_a_server_leaves_the_cluster_working(ha: HA) -> None:
+    victim = ha.victim
+    survivors = [m for m in ha.servers if m is not victim]
+    # The victim's address first: the client must fail over, as the agent's proxy must.
+    addresses = [f"{victim.ip}:6443", *(f"{m.ip}:6443" for m in survivors)]
+    async with ApiClient(addresses, timeout=5) as api:
+        before = {
+            lease: (await lease_holder(api, lease))[1]
+            for lease in ("kube-controller-manager", "kube-scheduler")
+        }
+
+    # Lose the whole server: every process of it, by PID.
+    victim.kill()
+
+    async with ApiClient(addresses, timeout=5) as api:
+        cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "after"}}
+        await retry(lambda: api.create("configmaps", cm, namespace="default"), attempts=20)
+        assert all(etcd_healthy(m.ip) for m in survivors)
+
+        # The leases move to survivors, and never before the old holder's lease ran out.
+        for lease, unit in (
+            ("kube-controller-manager", "kubelite-controller-manager"),
+            ("kube-scheduler", "kubelite-scheduler"),
+        ):
+
+            async def moved(lease=lease, unit=unit):
+                holder, spec = await lease_holder(api, lease)
+                owner = ha.owner_of(holder, unit)
+                return spec if owner is not None and owner is not victim else None
+
+            spec = await eventually_async(moved, timeout=60, what=f"{lease} to move")
+            old = before[lease]
+            expired = parse_rfc3339(old["renewTime"]) + old["leaseDurationSeconds"]
+            assert parse_rfc3339(spec["acquireTime"]) >= expired
+            assert spec["leaseTransitions"] == old.get("leaseTransitions", 0) + 1
+
+        # A new ReplicaSet gets its Pods from the surviving controller manager.
+        rs = {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "metadata": {"name": "web"},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "web", "image": "busybox"}]},
+                },
+            },
+        }
+        created = await retry(lambda: api.create("replicasets", rs, namespace="default"))
+
+        async def pods_of_rs():
+            pods = (await api.list("pods", namespace="default", label_selector="app=web")).items
+            uid = created["metadata"]["uid"]
+            owned = [
+                p
+                for p in pods
+                if uid in {o["uid"] for o in p["metadata"].get("ownerReferences", [])}
+            ]
+            return len(owned) == 2
+
+        await eventually_async(pods_of_rs, timeout=60, what="Pods of the new ReplicaSet")
+
+        # The agent's proxy, whose first server was the victim, programs a new Service.
+        svc = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
+        }
+        service = await retry(lambda: api.create("services", svc, namespace="default"))
+    cluster_ip = service["spec"]["clusterIP"]
+
+    def programmed() -> bool:
+        # Without endpoints yet (its Pods have no node), the Service is a REJECT rule.
+        rules = _run_in(ha.agent.netns, ["iptables-save"]).stdout
+        return cluster_ip in rules
+
+    eventually(programmed, timeout=60, what=f"the agent's rules for {cluster_ip}")
