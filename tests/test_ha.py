@@ -52,6 +52,7 @@ from deploy.roles.install import (
 from machinery import errors
 from machinery.client import ApiClient, retry
 from machinery.clock import parse_rfc3339
+from machinery.config import load_context
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LEASE = LeaderElection(lease_duration=6, renew_deadline=4, retry_period=1)
@@ -154,6 +155,32 @@ def test_exec_start_round_trips(argv: tuple[str, ...]) -> None:
     assert parse_exec_start(line) == list(argv)
 
 
+TOKEN = "abcdef.0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["--token", TOKEN], "an agent needs the servers' addresses", id="no-servers"),
+        pytest.param(["--servers", "10.0.0.1"], "needs the join token", id="no-token"),
+        pytest.param(["--servers", "10.0.0.1", "--token", "x"], "not a join token", id="bad-token"),
+        pytest.param(
+            ["--servers", "10.0.0.1", "--token", TOKEN, "--node-name", "Agent_1"],
+            "--node-name 'Agent_1'",
+            id="bad-node-name",
+        ),
+    ],
+)
+def test_agent_install_refusals(tmp_path, capsys, args: list[str], message: str) -> None:
+    from deploy.roles.install import main
+
+    state = ["--state-dir", str(tmp_path / "s"), "--unit-dir", str(tmp_path / "u"), "--no-enable"]
+    assert main(["agent", *state, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err, err
+    assert not (tmp_path / "u").exists()
+
+
 def test_unit_templates_need_every_value() -> None:
     assert render_unit("ExecStart=@EXEC_START@\n", {"EXEC_START": "x"}, name="t") == "ExecStart=x\n"
     with pytest.raises(InstallError, match="needs values for"):
@@ -201,7 +228,9 @@ def _run_in(netns: str, argv: list[str], **kwargs) -> subprocess.CompletedProces
 def _install(netns: str, role: str, state: pathlib.Path, *args: str):
     argv = [sys.executable, "-m", "deploy.roles.install", role, "--state-dir", str(state)]
     argv += ["--unit-dir", str(state / "units"), "--no-enable", *args]
-    return _run_in(netns, argv)
+    # Each machine's kctl config is its own, as on separate VMs.
+    env = {**os.environ, "KUBELITE_CONFIG": str(state / "kctl-config")}
+    return _run_in(netns, argv, env=env)
 
 
 @pytest.mark.root
@@ -485,6 +514,18 @@ async def test_three_servers_are_one_cluster(ha: HA) -> None:
         await api.create("configmaps", cm, namespace="default")
         dns = await api.get("endpoints", "kube-dns", namespace="kube-system")
         assert sorted(a["ip"] for a in dns["subsets"][0]["addresses"]) == sorted(ha.server_ips)
+        for machine in ha.servers:
+            config = load_context(machine.state / "kctl-config")
+            assert config.servers[0] == f"{machine.ip}:6443"
+            assert sorted(config.servers) == sorted(ha.api_addresses)
+        kctl = subprocess.run(
+            [str(ROOT / ".venv/bin/kctl"), "get", "configmaps", "before", "-o", "name"],
+            env={**os.environ, "KUBELITE_CONFIG": str(ha.servers[0].state / "kctl-config")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert kctl.returncode == 0 and "before" in kctl.stdout, kctl.stderr
         for address in ha.api_addresses:
             async with ApiClient([address], timeout=5) as one:
                 await eventually_async(

@@ -15,7 +15,8 @@ flags reuses the address the first run chose (kept in <state>/install.json).
 Units are rendered from deploy/systemd/<unit>.service with the command lines
 of deploy/roles/commands.py, written to /etc/systemd/system (or --unit-dir),
 and enabled and started when systemd runs this machine; otherwise the install
-prints the systemctl commands to run later.
+prints the systemctl commands to run later. A server also writes kctl's
+context (named after --cluster-name) listing every server, its own first.
 
 The join token: the first server makes one (six and sixteen lowercase letters
 or digits, joined by a dot) and keeps it in <state>/join-token, readable by
@@ -52,9 +53,12 @@ from deploy.roles.commands import (
     LeaderElection,
     ServerConfig,
     agent_commands,
+    api_servers,
+    local_first,
     registry_config,
     server_commands,
 )
+from machinery import config as client_config
 from machinery.labels import validate_dns1123_subdomain
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -385,12 +389,18 @@ def install_server(args: argparse.Namespace) -> list[str]:
     commands = server_commands(config)
     units = write_units(commands, unit_dir=args.unit_dir, state_dir=state_dir)
     _remember(state_dir, role="server", node_ip=choice.address, iface=choice.iface)
+    # kctl on this server, with every server to fail over to, its own first.
+    kctl = client_config.Context(
+        args.cluster_name, api_servers(local_first(servers, choice.address)).split(",")
+    )
+    client_config.save_context(kctl)
     join = f"deploy/roles/agent.sh --servers {','.join(servers)} --token {token}"
     return [
         f"server {choice.address} (interface {choice.iface}) of {len(servers)}: "
         f"{', '.join(servers)}",
         f"units written to {args.unit_dir}: {', '.join(u.name for u in units)}",
         *enable([u.name for u in units], wanted=not args.no_enable),
+        f"kctl: context {kctl.name} in {client_config.default_path()}",
         f"join token: {token} (also in {state_dir / 'join-token'})",
         "other servers: deploy/roles/server.sh --servers "
         f"{','.join(servers)} --token {token} [--iface NAME | --node-ip IP]",
