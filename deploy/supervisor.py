@@ -75,8 +75,10 @@ class Running:
     @property
     def argv(self) -> list[str]:
         if self.spec.netns:
-            # `ip netns exec` enters the namespace and execs: the PID stays the component's.
-            return ["ip", "netns", "exec", self.spec.netns, *self.spec.argv]
+            # Enter the network namespace only, and exec (the PID stays the component's).
+            # `ip netns exec` would also give it a mount namespace with a fresh /sys, hiding
+            # the cgroup hierarchies and keeping container mounts out of the host's view.
+            return ["nsenter", f"--net=/run/netns/{self.spec.netns}", "--", *self.spec.argv]
         return self.spec.argv
 
 

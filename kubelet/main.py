@@ -134,6 +134,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="disk use %% image GC brings usage down to (default: %(default)s)",
     )
     p.add_argument(
+        "--network",
+        choices=("loopback", "bridge"),
+        default="loopback",
+        help="Pod network: loopback only, or a bridge with a veth and an IP per Pod and routes "
+        "to other nodes' Pod ranges (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cluster-cidr",
+        default="10.244.0.0/16",
+        help="the cluster's Pod network, for --network bridge (default: %(default)s)",
+    )
+    p.add_argument(
+        "--network-prefix",
+        default="kubelite",
+        help="name prefix of the Pod bridge and veths, 1-8 letters (default: %(default)s)",
+    )
+    p.add_argument(
         "--runtime",
         choices=("native", "runc"),
         default="native",
@@ -197,8 +214,38 @@ def config_from(args: argparse.Namespace) -> KubeletConfig:
     )
 
 
-async def serve(config: KubeletConfig) -> None:
-    kubelet = Kubelet(config)
+def bridge_network(args: argparse.Namespace, config: KubeletConfig, node_pod_cidrs) -> object:
+    """The bridge Pod network (kubelet/podnet) for --network bridge."""
+    from kubelet.podnet import BridgeNetwork, PodNetConfig
+
+    return BridgeNetwork(
+        PodNetConfig(
+            cluster_cidr=args.cluster_cidr,
+            node_ip=config.node_ip,
+            state_dir=config.state_dir / "podnet",
+            prefix=args.network_prefix,
+        ),
+        pod_cidrs=node_pod_cidrs,
+    )
+
+
+async def serve(config: KubeletConfig, args: argparse.Namespace | None = None) -> None:
+    holder: dict[str, Kubelet] = {}
+    network = None
+    if args is not None and args.network == "bridge":
+        network = bridge_network(args, config, lambda: holder["kubelet"].node.pod_cidrs)
+    kubelet = Kubelet(config, network=network)  # type: ignore[arg-type]
+    holder["kubelet"] = kubelet
+    routes: asyncio.Task[None] | None = None
+    if network is not None:
+        # Routes to every other node's Pod range, kept in step with the Node objects.
+        from kubelet.podnet import RouteController, RouteSyncer
+        from machinery.informer import Informer
+
+        nodes = Informer(kubelet.client, "nodes")
+        routes_controller = RouteController(nodes, RouteSyncer(node_name=config.node_name))
+        nodes.start()
+        routes = asyncio.create_task(routes_controller.run(), name="pod-routes")
     if config.metrics_port:
         start_http_server(config.metrics_port, registry=kubelet.metrics.registry)
     stopping = asyncio.Event()
@@ -208,6 +255,8 @@ async def serve(config: KubeletConfig) -> None:
     await kubelet.start()
     await stopping.wait()
     log.info("stopping kubelet; containers keep running")
+    if routes is not None:
+        routes.cancel()
     await kubelet.stop()
 
 
@@ -222,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"kubelet: {err}", file=sys.stderr)
         return 2
-    asyncio.run(serve(config))
+    asyncio.run(serve(config, args))
     return 0
 
 
