@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from cli import manifests, printers, secrets
-from cli.errors import CliError, from_api
+from cli.errors import CliError, duration, from_api
 from cli.session import Session
 from machinery import errors
 from machinery.kinds import Kind
@@ -78,7 +78,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--wait", default="true", choices=("true", "false"), help="wait until the objects are gone"
     )
     p.add_argument(
-        "--timeout", type=float, default=120.0, help="seconds to wait (default: %(default)s)"
+        "--timeout",
+        type=duration,
+        default=120.0,
+        help="how long to wait, e.g. 90s or 2m (default: 120s)",
     )
     p.add_argument("--ignore-not-found", action="store_true")
     p.set_defaults(handler=run_delete)

@@ -21,7 +21,7 @@ import dataclasses
 import time
 from typing import Any
 
-from cli.errors import CliError
+from cli.errors import CliError, duration
 from cli.session import Session
 from machinery import errors, labels, meta
 from machinery.clock import rfc3339
@@ -61,9 +61,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=duration,
         default=0.0,
-        help="seconds to wait for the Pods to go, 0 for no limit (default: 0)",
+        help="how long to wait for the Pods to go, e.g. 90s or 2m; 0 for no limit (default: 0)",
     )
     p.set_defaults(handler=run_drain)
 

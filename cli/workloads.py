@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from cli import printers
-from cli.errors import CliError
+from cli.errors import CliError, duration
 from cli.get import split_kind_name
 from cli.session import Session
 from machinery import errors, labels, quantity
@@ -146,7 +146,10 @@ def _register_rollout(commands: argparse._SubParsersAction) -> None:
     )
     _add_target(status)
     status.add_argument(
-        "--timeout", type=float, default=0.0, help="seconds to wait, 0 for no limit (default)"
+        "--timeout",
+        type=duration,
+        default=0.0,
+        help="how long to wait, e.g. 90s or 2m; 0 for no limit (default)",
     )
     status.add_argument(
         "-w",

@@ -32,6 +32,13 @@ def kctl(*args: str, check: bool = True) -> str:
     return result.stdout
 
 
+def _quiet(*args: str) -> str:
+    result = subprocess.run([*KCTL, *args], cwd=ROOT, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"demo failed: kctl {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout
+
+
 def fetch(url: str, *, netns: str = "", timeout: float = 30.0) -> str:
     """GET url (from inside netns when given), retrying until the Service answers."""
     deadline = time.monotonic() + timeout
@@ -39,7 +46,21 @@ def fetch(url: str, *, netns: str = "", timeout: float = 30.0) -> str:
     while time.monotonic() < deadline:
         if netns:
             result = subprocess.run(
-                ["ip", "netns", "exec", netns, "busybox", "wget", "-q", "-T", "2", "-O", "-", url],
+                # No -T: this busybox's wget crashes on it; `timeout` bounds the attempt instead.
+                [
+                    "timeout",
+                    "3",
+                    "ip",
+                    "netns",
+                    "exec",
+                    netns,
+                    "busybox",
+                    "wget",
+                    "-q",
+                    "-O",
+                    "-",
+                    url,
+                ],
                 capture_output=True,
                 text=True,
                 check=False,
@@ -65,14 +86,14 @@ def run_demo(name: str) -> int:
     )
     if existing.returncode != 0:
         kctl("run", "httpd-app", "--image=httpd", "--replicas=2", "--port=80")
-    kctl("rollout", "status", "deploy/httpd-app", "--timeout=120s")
+    kctl("rollout", "status", "deploy/httpd-app", "--timeout=2m")
     existing = subprocess.run(
         [*KCTL, "get", "svc", "httpd-app"], cwd=ROOT, capture_output=True, check=False
     )
     if existing.returncode != 0:
         kctl("expose", "deployment", "httpd-app", "--port=80", "--type=NodePort")
     kctl("get", "pods", "-o", "wide", "-l", "app=httpd-app")
-    service = json.loads(kctl("get", "svc", "httpd-app", "-o", "json"))
+    service = json.loads(_quiet("get", "svc", "httpd-app", "-o", "json"))
     cluster_ip = service["spec"]["clusterIP"]
     node_port = service["spec"]["ports"][0]["nodePort"]
     net = layout.cluster_net(cluster)
