@@ -4,7 +4,7 @@
     python -m deploy.fault --name CLUSTER cut-node N                heal-node N
     python -m deploy.fault --name CLUSTER delay-node N --delay 100ms [--jitter 10ms] [--loss 5%]
     python -m deploy.fault --name CLUSTER clear-node N
-    python -m deploy.fault --name CLUSTER status
+    python -m deploy.fault --name CLUSTER status | reset
 
 Each fault acts on what a node of a one-host cluster is made of (deploy/layout.py,
 deploy/hostnet.py) and is undone by its pair; faults are independent of one another.
@@ -27,8 +27,9 @@ deploy/hostnet.py) and is undone by its pair; faults are independent of one anot
   clear error, changing nothing, where it is missing. A call replaces the node's
   previous shaping; clear-node removes it.
 
-Everything here lives in the cluster's own namespaces, links and state directory,
-so `deploy/down.sh` removes every fault with the cluster.
+Everything here lives in the cluster's own namespaces, links, cgroups and state
+directory. `reset` undoes every fault; a cluster's take-down must at least thaw
+frozen containers first (a frozen process cannot be killed), which reset does.
 """
 
 from __future__ import annotations
@@ -456,6 +457,37 @@ def describe_shape(node: NodeTarget) -> str:
     return ", ".join(parts) or "no shaping"
 
 
+def reset(bed: Testbed) -> str:
+    """Undo every fault of every node, skipping what the cluster no longer has.
+
+    deploy/down.sh needs at least the thaw: a frozen process cannot die, so the
+    containers of a hard-stopped node would outlive the cluster.
+    """
+    done = []
+    for index in range(1, bed.nodes + 1):
+        node = bed.node(index)
+        freezer = freezer_for(node.cgroup_root)
+        if freezer is not None and freezer.frozen():
+            freezer.set(False)
+            done.append(f"{node.name} thawed")
+        if _run(["ip", "link", "show", node.host_veth], what="", check=False).returncode == 0:
+            if not node_faults(bed, index).link_up:
+                _run(["ip", "link", "set", node.host_veth, "up"], what="set the link")
+                done.append(f"{node.name} healed")
+            if describe_shape(node) != "no shaping":
+                clear_node(bed, index)
+                done.append(f"{node.name} unshaped")
+    held = read_held(bed.state)
+    agents = tuple(c for c in held if c.rsplit("/", 1)[-1] in AGENTS)
+    if agents:
+        set_held(bed.state, agents, held=False)
+        running = cluster.supervisor_pid(bed.name)
+        if running and not wait_supervisor(bed.state, agents, held=False, timeout=30):
+            raise FaultError(f"the supervisor did not start {', '.join(agents)}; see its log")
+        done.append(f"released {', '.join(sorted(agents))}")
+    return f"cluster {bed.name}: " + ("; ".join(done) or "no faults")
+
+
 @dataclasses.dataclass(frozen=True)
 class NodeFaults:
     name: str
@@ -475,7 +507,7 @@ def node_faults(bed: Testbed, index: int) -> NodeFaults:
         name=node.name,
         agents_held=any(c in held for c in node.components),
         frozen=freezer is not None and freezer.frozen(),
-        link_up=bool(flags) and "UP" in flags.group(1).split(","),
+        link_up=flags is not None and "UP" in flags.group(1).split(","),
         shaping=describe_shape(node) if link.returncode == 0 else "no link",
     )
 
@@ -520,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", default="0%", help="share of packets lost each way, e.g. 5%%")
     node_command("clear-node", "remove the node's latency and loss")
     sub.add_parser("status", help="show every node's faults")
+    sub.add_parser("reset", help="undo every fault of every node")
     return parser
 
 
@@ -528,6 +561,8 @@ def dispatch(args: argparse.Namespace) -> str:
     command = args.command
     if command == "status":
         return status(bed)
+    if command == "reset":
+        return reset(bed)
     if command == "stop-node":
         return stop_node(bed, args.node, hard=args.hard)
     if command == "start-node":

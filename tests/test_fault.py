@@ -11,6 +11,7 @@ is removed afterwards, also when a test fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -262,10 +263,9 @@ def _proc_state(pid: int) -> str:
     return re.search(r"^State:\s+(\S)", text, re.M).group(1)
 
 
-@pytest.fixture
-def supervised(layout_only: Bed):
+@contextlib.contextmanager
+def _supervise(bed: Bed):
     """A real supervisor over sleep processes named like the nodes' agents."""
-    bed = layout_only
     log = open(bed.state / "supervisor.log", "ab")
     process = subprocess.Popen(
         [sys.executable, "-c", SUPERVISE, str(bed.state), *DUMMIES],
@@ -289,6 +289,57 @@ def supervised(layout_only: Bed):
         for pid in pids:
             if pid and _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _frozen(pid: int) -> bool:
+    """Whether the kernel holds the task frozen, as each cgroup layout shows it."""
+    if pathlib.Path("/sys/fs/cgroup/freezer").is_dir():
+        return _proc_state(pid) == "D"  # v1 shows a frozen task as in uninterruptible sleep
+    for line in pathlib.Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            base = pathlib.Path("/sys/fs/cgroup")
+            if not (base / "cgroup.controllers").exists():
+                base = base / "unified"
+            events = (base / line[3:].lstrip("/") / "cgroup.events").read_text()
+            return "frozen 1" in events
+    raise AssertionError(f"no cgroup v2 path for {pid}")
+
+
+@pytest.fixture
+def supervised(layout_only: Bed):
+    with _supervise(layout_only) as bed:
+        yield bed
+
+
+@contextlib.contextmanager
+def _container_in_node_cgroup(bed: Bed):
+    """A sleep process in a cgroup below node 1's cgroup root, as a container would be."""
+    root = f"kubelite-{bed.name}-node-1"
+    base = pathlib.Path("/sys/fs/cgroup/freezer")
+    if not base.is_dir():
+        base = pathlib.Path("/sys/fs/cgroup")
+        if not (base / "cgroup.controllers").exists():
+            base = base / "unified"
+    leaf = base / root / "podtest"
+    leaf.mkdir(parents=True)
+    container = subprocess.Popen(["sleep", "1000"])
+    try:
+        (leaf / "cgroup.procs").write_text(str(container.pid))
+        yield container.pid
+    finally:
+        freezer = freezer_for(root)
+        if freezer is not None and freezer.frozen():
+            freezer.set(False)
+        container.kill()
+        container.wait()
+        leaf.rmdir()
+        (base / root).rmdir()
+
+
+@pytest.fixture
+def container_in_node_cgroup(supervised: Bed):
+    with _container_in_node_cgroup(supervised) as pid:
+        yield supervised, pid
 
 
 def test_stop_node_holds_its_agents_until_start_node(supervised: Bed) -> None:
@@ -317,42 +368,33 @@ def test_stop_node_holds_its_agents_until_start_node(supervised: Bed) -> None:
     assert (bed.state / "held").read_text() == ""
 
 
-@pytest.fixture
-def container_in_node_cgroup(supervised: Bed):
-    """A sleep process in a cgroup below node 1's cgroup root, as a container would be."""
-    bed = supervised
-    root = f"kubelite-{bed.name}-node-1"
-    base = pathlib.Path("/sys/fs/cgroup/freezer")
-    if not base.is_dir():
-        base = pathlib.Path("/sys/fs/cgroup")
-        if not (base / "cgroup.controllers").exists():
-            base = base / "unified"
-    leaf = base / root / "podtest"
-    leaf.mkdir(parents=True)
-    container = subprocess.Popen(["sleep", "1000"])
-    try:
-        (leaf / "cgroup.procs").write_text(str(container.pid))
-        yield bed, container.pid
-    finally:
-        freezer = freezer_for(root)
-        if freezer is not None and freezer.frozen():
-            freezer.set(False)
-        container.kill()
-        container.wait()
-        leaf.rmdir()
-        (base / root).rmdir()
-
-
 def test_hard_stop_freezes_the_nodes_containers_and_start_thaws_them(
     container_in_node_cgroup,
 ) -> None:
     bed, pid = container_in_node_cgroup
     out = bed.ok("stop-node", "1", "--hard")
     assert "its containers are frozen" in out
-    assert _proc_state(pid) == "D"  # how the kernel shows a frozen task
+    assert _frozen(pid)
     assert "yes" in bed.ok("status").splitlines()[1]
 
     out = bed.ok("start-node", "1")
     assert "its containers thawed" in out
-    assert _proc_state(pid) == "S"  # running again, not restarted
+    assert not _frozen(pid) and _alive(pid)  # running again, not restarted
     assert _status(bed)["node-1/kubelet"]["pid"]
+
+
+def test_reset_undoes_every_fault_at_once(bed: Bed) -> None:
+    with _supervise(bed), _container_in_node_cgroup(bed) as pid:
+        bed.ok("stop-node", "1", "--hard")
+        bed.ok("cut-node", "2")
+        bed.ok("delay-node", "1", "--loss", "100%")
+        assert _frozen(pid)
+        assert not bed.reachable(1, 2, within=1)
+
+        out = bed.ok("reset")
+        for done in ("node-1 thawed", "node-2 healed", "node-1 unshaped", "released node-1"):
+            assert done in out, out
+        assert not _frozen(pid) and _alive(pid)
+        assert bed.reachable(1, 2)
+        assert not any(info["held"] for info in _status(bed).values())
+        assert bed.ok("reset").strip() == f"cluster {bed.name}: no faults"
