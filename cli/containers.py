@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import sys
 import termios
@@ -125,8 +124,15 @@ async def run_logs(args: argparse.Namespace, session: Session) -> int:
 
 
 def _terminal_size() -> tuple[int, int]:
-    size = shutil.get_terminal_size(fallback=(80, 24))
-    return size.columns, size.lines
+    """The local terminal's (columns, lines): the terminal itself, not $COLUMNS/$LINES,
+    which go stale when the window is resized."""
+    for fd in (1, 0, 2):
+        try:
+            size = os.get_terminal_size(fd)
+            return size.columns, size.lines
+        except OSError:
+            continue
+    return 80, 24
 
 
 @contextlib.contextmanager
