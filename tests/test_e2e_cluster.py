@@ -390,7 +390,15 @@ def test_6_killing_components_during_a_scale_up_loses_nothing(cluster: Cluster) 
     time.sleep(3)
     after = {p["metadata"]["uid"]: p for p in running_pods(cluster, "app=httpd-app")}
     assert len(after) == 6
-    assert len(cluster.json("get", "pods", "-l", "app=httpd-app")["items"]) == 6
+    live = [
+        p
+        for p in cluster.json("get", "pods", "-l", "app=httpd-app")["items"]
+        if not p["metadata"].get("deletionTimestamp")
+    ]
+    states = [
+        (p["metadata"]["name"], p["status"].get("phase"), p["spec"].get("nodeName")) for p in live
+    ]
+    assert len(live) == 6, f"not exactly 6 live Pods: {states}"
     for uid, p in after.items():
         if uid in restarts_before:
             restarts = sum(
