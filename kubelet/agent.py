@@ -49,6 +49,7 @@ from kubelet.server import KubeletServer, KubeletService
 from kubelet.statusmanager import StatusManager
 from kubelet.usage import UsageReporter
 from kubelet.volumes import VolumeManager
+from machinery import errors
 from machinery.client import ApiClient
 from machinery.clock import Clock, RealClock
 from machinery.events import WARNING, EventRecorder
@@ -61,24 +62,39 @@ log = get_logger("kubelet")
 Obj = dict[str, Any]
 
 
-class _ConfigMaps:
-    def __init__(self, informer: Informer) -> None:
-        self._informer = informer
+class _Sources:
+    """ConfigMaps and Secrets as the informers hold them (volumes.Sources, envvars.Sources)."""
+
+    def __init__(self, configmaps: Informer, secrets: Informer) -> None:
+        self._configmaps = configmaps
+        self._secrets = secrets
 
     def configmap(self, namespace: str, name: str) -> Obj | None:
-        return self._informer.get(name, namespace)
+        return self._configmaps.get(name, namespace)
+
+    def secret(self, namespace: str, name: str) -> Obj | None:
+        return self._secrets.get(name, namespace)
 
 
-def configmaps_used(pod: Obj) -> set[str]:
-    """The ConfigMap names a Pod reads, from volumes, env and envFrom."""
+def objects_used(pod: Obj) -> set[tuple[str, str]]:
+    """The ("ConfigMap"|"Secret", name) a Pod reads, from volumes, env and envFrom."""
     spec = pod.get("spec", {})
-    names = {(v.get("configMap") or {}).get("name") for v in spec.get("volumes") or []}
+    used: set[tuple[str, str]] = set()
+    for volume in spec.get("volumes") or []:
+        used.add(("ConfigMap", (volume.get("configMap") or {}).get("name", "")))
+        used.add(("Secret", (volume.get("secret") or {}).get("secretName", "")))
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            used.add(("ConfigMap", (source.get("configMap") or {}).get("name", "")))
+            used.add(("Secret", (source.get("secret") or {}).get("name", "")))
     for container in (spec.get("containers") or []) + (spec.get("initContainers") or []):
         for var in container.get("env") or []:
-            names.add(((var.get("valueFrom") or {}).get("configMapKeyRef") or {}).get("name"))
+            source = var.get("valueFrom") or {}
+            used.add(("ConfigMap", (source.get("configMapKeyRef") or {}).get("name", "")))
+            used.add(("Secret", (source.get("secretKeyRef") or {}).get("name", "")))
         for source in container.get("envFrom") or []:
-            names.add((source.get("configMapRef") or {}).get("name"))
-    return {n for n in names if n}
+            used.add(("ConfigMap", (source.get("configMapRef") or {}).get("name", "")))
+            used.add(("Secret", (source.get("secretRef") or {}).get("name", "")))
+    return {(kind, name) for kind, name in used if name}
 
 
 def new_runtime(config: KubeletConfig) -> ContainerRuntime:
@@ -141,7 +157,12 @@ class Kubelet:
             clock=self.clock,
         )
         self.pods.add_index("uid", lambda o: [o.get("metadata", {}).get("uid", "")])
+        # TODO: every ConfigMap and Secret of the cluster is cached, as no node authorizer
+        # limits a kubelet to its own Pods' objects yet; a per-object watch would cut both
+        # the memory and what a compromised node can read.
         self.configmap_informer = Informer(self.client, "configmaps", clock=self.clock)
+        self.secret_informer = Informer(self.client, "secrets", clock=self.clock)
+        sources = _Sources(self.configmap_informer, self.secret_informer)
         self.node_informer = Informer(
             self.client,
             "nodes",
@@ -161,7 +182,7 @@ class Kubelet:
             wake=self.wake,
             event=self.recorder.event,
         )
-        self.volumes = VolumeManager(config.pods_dir, _ConfigMaps(self.configmap_informer))
+        self.volumes = VolumeManager(config.pods_dir, sources)
         self.images = ImageManager(
             self.puller,
             self.store,
@@ -182,7 +203,7 @@ class Kubelet:
             recorder=self.recorder,
             clock=self.clock,
             metrics=self.metrics,
-            configmaps=_ConfigMaps(self.configmap_informer),
+            configmaps=sources,
             restart_backoff=Backoff(config.restart_backoff, clock=self.clock),
             node=self.node.facts,
             host_resolv=lambda: read_host_resolv(config.resolv_conf),
@@ -230,23 +251,28 @@ class Kubelet:
         )
         self.node.port = await self.server.start()
         await self.node.register()
+        try:
+            await self.node.renew_lease()  # alive for the node lifecycle controller at once
+        except errors.ApiError as err:
+            log.warning("failed to take the node lease, the lease loop retries", err=err)
         self.node_informer.add_handlers(
             Handlers(on_add=self.node.observe, on_update=lambda _o, n: self.node.observe(n))
         )
-        self.configmap_informer.add_handlers(
-            Handlers(
-                on_add=self._configmap_changed,
-                on_update=lambda _old, new: self._configmap_changed(new),
-                on_delete=self._configmap_changed,
+        for kind, informer in (
+            ("ConfigMap", self.configmap_informer),
+            ("Secret", self.secret_informer),
+        ):
+            informer.add_handlers(
+                Handlers(
+                    on_add=lambda obj, k=kind: self._source_changed(k, obj),
+                    on_update=lambda _old, new, k=kind: self._source_changed(k, new),
+                    on_delete=lambda obj, k=kind: self._source_changed(k, obj),
+                )
             )
-        )
-        for informer in (self.node_informer, self.configmap_informer, self.pods):
+        informers = (self.node_informer, self.configmap_informer, self.secret_informer, self.pods)
+        for informer in informers:
             informer.start()
-        await asyncio.gather(
-            self.node_informer.wait_synced(),
-            self.configmap_informer.wait_synced(),
-            self.pods.wait_synced(),
-        )
+        await asyncio.gather(*(informer.wait_synced() for informer in informers))
         self.statuses.start()
         self._synced = True
         self.pods.add_handlers(
@@ -280,7 +306,12 @@ class Kubelet:
             await worker.stop()
         self.workers.clear()
         self.probes.stop_all()
-        for informer in (self.pods, self.configmap_informer, self.node_informer):
+        for informer in (
+            self.pods,
+            self.configmap_informer,
+            self.secret_informer,
+            self.node_informer,
+        ):
             await informer.stop()
         await self.statuses.stop()
         await self.server.stop()
@@ -368,17 +399,17 @@ class Kubelet:
         self.recorder.event(pod, WARNING, "OutOfpods", message)
         return False
 
-    def _configmap_changed(self, configmap: Obj) -> None:
+    def _source_changed(self, kind: str, obj: Obj) -> None:
+        """A ConfigMap or Secret changed: wake the Pods that read it."""
         if not self._synced:
             return
-        meta = configmap.get("metadata", {})
+        meta = obj.get("metadata", {})
+        key = (kind, meta.get("name", ""))
         for worker in self.workers.values():
             pod = worker.pod
-            if (
-                pod is not None
-                and pod["metadata"].get("namespace") == meta.get("namespace")
-                and meta.get("name") in configmaps_used(pod)
-            ):
+            if pod is None or pod["metadata"].get("namespace") != meta.get("namespace"):
+                continue
+            if key in objects_used(pod):
                 worker.wake()
 
     async def _adopt_orphans(self, snapshot: RuntimeSnapshot) -> None:

@@ -6,15 +6,16 @@ replacing earlier ones. A value may refer to variables defined before it as $(NA
 `$$` is a literal `$`, and a reference to an undefined name is left as written. The same
 expansion applies to command, args and subPathExpr, against the whole environment.
 
-valueFrom sources: configMapKeyRef (optional, or EnvError naming the ConfigMap or key,
-which the kubelet reports as CreateContainerConfigError), fieldRef (the Pod's own fields
-from the downward API), resourceFieldRef (limits and requests in the divisor's unit; an
-unset limit reads as the node's allocatable, as in Kubernetes). secretKeyRef and
-secretRef fail clearly: this cluster has no Secrets yet.
+valueFrom sources: configMapKeyRef and secretKeyRef (optional, or EnvError naming the
+object or key, which the kubelet reports as CreateContainerConfigError; a Secret's values
+are base64 in the API and decoded here), fieldRef (the Pod's own fields from the downward
+API), resourceFieldRef (limits and requests in the divisor's unit; an unset limit reads as
+the node's allocatable, as in Kubernetes). envFrom takes configMapRef and secretRef.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import math
 import re
@@ -31,8 +32,28 @@ class EnvError(Exception):
     """The environment cannot be built: a missing ConfigMap or key, an unknown field."""
 
 
-class ConfigMaps(Protocol):
+class Sources(Protocol):
+    """Where ConfigMaps and Secrets are read from (the kubelet's informer caches)."""
+
     def configmap(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+
+def object_data(kind: str, obj: dict[str, Any]) -> dict[str, str]:
+    """A ConfigMap's data, or a Secret's data decoded (undecodable bytes replaced)."""
+    if kind == "secret":
+        return {
+            key: base64.b64decode(value).decode(errors="replace")
+            for key, value in (obj.get("data") or {}).items()
+        }
+    return dict(obj.get("data") or {})
+
+
+def _lookup(sources: Sources, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    return (
+        sources.secret(namespace, name) if kind == "secret" else sources.configmap(namespace, name)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +92,7 @@ def container_env(
     container: dict[str, Any],
     *,
     context: EnvContext,
-    configmaps: ConfigMaps,
+    configmaps: Sources,
 ) -> dict[str, str]:
     namespace = pod.get("metadata", {}).get("namespace", "default")
     env: dict[str, str] = {}
@@ -90,20 +111,19 @@ def container_env(
 
 
 def _env_from(
-    source: dict[str, Any], namespace: str, configmaps: ConfigMaps, *, where: str
+    source: dict[str, Any], namespace: str, sources: Sources, *, where: str
 ) -> dict[str, str]:
     prefix = source.get("prefix", "")
-    if "secretRef" in source:
-        raise EnvError(f"{where}: secretRef is not supported (this cluster has no Secrets)")
-    ref = source.get("configMapRef") or {}
+    kind = "secret" if "secretRef" in source else "configmap"
+    ref = source.get("secretRef" if kind == "secret" else "configMapRef") or {}
     name = ref.get("name", "")
-    configmap = configmaps.configmap(namespace, name)
-    if configmap is None:
+    obj = _lookup(sources, kind, namespace, name)
+    if obj is None:
         if ref.get("optional"):
             return {}
-        raise EnvError(f'configmap "{name}" not found')
+        raise EnvError(f'{kind} "{name}" not found')
     out = {}
-    for key, value in (configmap.get("data") or {}).items():
+    for key, value in object_data(kind, obj).items():
         if _ENV_NAME.match(prefix + key):
             out[prefix + key] = value
     return out
@@ -115,32 +135,33 @@ def _value_from(
     source: dict[str, Any],
     name: str,
     context: EnvContext,
-    configmaps: ConfigMaps,
+    sources: Sources,
 ) -> str | None:
     if "configMapKeyRef" in source:
-        return _configmap_key(pod, source["configMapKeyRef"], configmaps)
+        return _key_ref(pod, "configmap", source["configMapKeyRef"], sources)
+    if "secretKeyRef" in source:
+        return _key_ref(pod, "secret", source["secretKeyRef"], sources)
     if "fieldRef" in source:
         return field_value(pod, source["fieldRef"].get("fieldPath", ""), context)
     if "resourceFieldRef" in source:
         return resource_value(pod, container, source["resourceFieldRef"], context)
-    if "secretKeyRef" in source:
-        raise EnvError(f"env {name}: secretKeyRef is not supported (this cluster has no Secrets)")
     raise EnvError(f"env {name}: valueFrom names no source")
 
 
-def _configmap_key(pod: dict[str, Any], ref: dict[str, Any], configmaps: ConfigMaps) -> str | None:
+def _key_ref(pod: dict[str, Any], kind: str, ref: dict[str, Any], sources: Sources) -> str | None:
     namespace = pod.get("metadata", {}).get("namespace", "default")
     name, key = ref.get("name", ""), ref.get("key", "")
-    configmap = configmaps.configmap(namespace, name)
-    if configmap is None:
+    obj = _lookup(sources, kind, namespace, name)
+    if obj is None:
         if ref.get("optional"):
             return None
-        raise EnvError(f'configmap "{name}" not found')
-    data = configmap.get("data") or {}
+        raise EnvError(f'{kind} "{name}" not found')
+    data = object_data(kind, obj)
     if key not in data:
         if ref.get("optional"):
             return None
-        raise EnvError(f"couldn't find key {key} in ConfigMap {namespace}/{name}")
+        label = "Secret" if kind == "secret" else "ConfigMap"
+        raise EnvError(f"couldn't find key {key} in {label} {namespace}/{name}")
     return data[key]
 
 

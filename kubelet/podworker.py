@@ -91,7 +91,7 @@ class WorkerContext:
     recorder: EventRecorder
     clock: Clock
     metrics: KubeletMetrics
-    configmaps: Any  # volumes.ConfigMapSource
+    configmaps: Any  # ConfigMaps and Secrets: envvars.Sources
     restart_backoff: Backoff
     node: Any  # a callable returning NodeFacts
     host_resolv: Any  # a callable returning dns.HostResolv
@@ -202,7 +202,9 @@ class PodWorker:
 
         # Volumes, then the sandbox.
         try:
-            volumes = await self.ctx.runtime.blocking(self.ctx.volumes.setup, pod)
+            volumes = await self.ctx.runtime.blocking(
+                self.ctx.volumes.setup, pod, self._env_context(pod, state.ready_sandbox())
+            )
         except (VolumeError, OSError) as err:
             self._event(WARNING, "FailedMount", f"MountVolume.SetUp failed: {err}")
             self._publish(pod, state, None)
@@ -473,13 +475,7 @@ class PodWorker:
             env = container_env(
                 pod,
                 container,
-                context=EnvContext(
-                    pod_ips=self._pod_ips(pod, sandbox),
-                    host_ips=node.host_ips,
-                    node_cpu_millis=node.cpu_millis,
-                    node_memory_bytes=node.memory_bytes,
-                    node_ephemeral_bytes=node.ephemeral_bytes,
-                ),
+                context=self._env_context(pod, sandbox),
                 configmaps=self.ctx.configmaps,
             )
             mounts = await self.ctx.runtime.blocking(
@@ -674,6 +670,16 @@ class PodWorker:
         return True
 
     # -- status --------------------------------------------------------------------------------
+
+    def _env_context(self, pod: dict[str, Any], sandbox: SandboxStatus | None) -> EnvContext:
+        node = self.ctx.node()
+        return EnvContext(
+            pod_ips=self._pod_ips(pod, sandbox),
+            host_ips=node.host_ips,
+            node_cpu_millis=node.cpu_millis,
+            node_memory_bytes=node.memory_bytes,
+            node_ephemeral_bytes=node.ephemeral_bytes,
+        )
 
     def _pod_ips(self, pod: dict[str, Any], sandbox: SandboxStatus | None) -> tuple[str, ...]:
         if pod.get("spec", {}).get("hostNetwork"):

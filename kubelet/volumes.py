@@ -1,17 +1,25 @@
-"""Pod volumes on the node: emptyDir, hostPath and configMap, and the container mounts.
+"""Pod volumes on the node, and the container mounts of them.
+
+Kinds: emptyDir (medium Memory: a tmpfs of sizeLimit), hostPath (checked against its
+`type`), configMap, secret, downwardAPI, and projected (any mix of configMap, secret and
+downwardAPI sources in one directory). serviceAccountToken projections are refused:
+this cluster issues no tokens.
 
 Layout: every Pod has `<root>/pods/<uid>/volumes/<plugin>/<volume>` for the volumes the
-kubelet makes (kubernetes.io~empty-dir, kubernetes.io~configmap); hostPath volumes are the
-node's own paths, checked against their `type`. The runtime bind-mounts these into each
-container (Mount with sub_path and read_only); the kubelet itself mounts only tmpfs, for
-emptyDir medium Memory.
+kubelet makes (kubernetes.io~empty-dir, ~configmap, ~secret, ~downward-api, ~projected);
+hostPath volumes are the node's own paths. The runtime bind-mounts these into each
+container (Mount with sub_path and read_only); the kubelet itself mounts only tmpfs: for
+emptyDir medium Memory, and under every secret volume, so that Secret values never reach
+the node's disk (as Kubernetes does).
 
-configMap volumes are written atomically the way Kubernetes writes them: the files go into a
-fresh hidden directory `..<timestamp>`, a symlink `..data` is swapped onto it by rename(2),
-and each top-level name is a symlink into `..data`. A container therefore sees either the
-old set of files or the new one, never a mix, and an update is one rename. setup() is
-idempotent and rewrites a configMap volume only when its content or modes changed, so the
-kubelet calls it on every sync of a Pod and on every change of a ConfigMap the Pod uses.
+File volumes (all but emptyDir and hostPath) are written atomically the way Kubernetes
+writes them: the files go into a fresh hidden directory `..<timestamp>`, a symlink `..data`
+is swapped onto it by rename(2), and each top-level name is a symlink into `..data`. A
+container therefore sees either the old set of files or the new one, never a mix, and an
+update is one rename. setup() is idempotent and rewrites such a volume only when its
+content or modes changed, so the kubelet calls it on every sync of a Pod and on every
+change of a ConfigMap or Secret the Pod uses (and labels in a downwardAPI volume follow
+the Pod's own changes).
 
 Invariant: teardown() leaves nothing under the Pod directory and no mount below it.
 """
@@ -29,24 +37,32 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kubelet import mounts
-from kubelet.envvars import expand
+from kubelet.envvars import EnvContext, EnvError, expand, field_value, resource_value
 from kubelet.runtime.interface import Mount
 from kubelet.runtime.paths import secure_join
 from machinery import quantity
 
 EMPTY_DIR = "kubernetes.io~empty-dir"
 CONFIG_MAP = "kubernetes.io~configmap"
+SECRET = "kubernetes.io~secret"
+DOWNWARD_API = "kubernetes.io~downward-api"
+PROJECTED = "kubernetes.io~projected"
 DATA_LINK = "..data"
 DEFAULT_MODE = 0o644
-SUPPORTED = ("emptyDir", "hostPath", "configMap")
+SUPPORTED = ("emptyDir", "hostPath", "configMap", "secret", "downwardAPI", "projected")
+SECRET_TMPFS_BYTES = 16 * 1024 * 1024
+
+Payload = dict[str, tuple[bytes, int]]  # relative path -> (content, mode)
 
 
 class VolumeError(Exception):
     """A volume could not be set up (FailedMount) or a mount of it is invalid."""
 
 
-class ConfigMapSource(Protocol):
+class Sources(Protocol):
     def configmap(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,9 +75,9 @@ class Volume:
 
 
 class VolumeManager:
-    def __init__(self, pods_dir: Path, configmaps: ConfigMapSource) -> None:
+    def __init__(self, pods_dir: Path, sources: Sources) -> None:
         self._pods_dir = Path(pods_dir)
-        self._configmaps = configmaps
+        self._sources = sources
         self._pods_dir.mkdir(parents=True, exist_ok=True)
 
     def pod_dir(self, uid: str) -> Path:
@@ -72,30 +88,46 @@ class VolumeManager:
 
     # -- setup ------------------------------------------------------------------------------
 
-    def setup(self, pod: dict[str, Any]) -> dict[str, Volume]:
-        """Make every volume of the Pod present and current; VolumeError names the first
+    def setup(self, pod: dict[str, Any], context: EnvContext | None = None) -> dict[str, Volume]:
+        """Make every volume of the Pod present and current; VolumeError names every one
         that cannot be (after trying all of them, so one bad volume does not hide the
-        others' progress)."""
+        others' progress). context gives downwardAPI resource fields the node's figures."""
         uid = pod["metadata"]["uid"]
         volumes: dict[str, Volume] = {}
         problems = []
         for spec in pod.get("spec", {}).get("volumes") or []:
             try:
-                volumes[spec["name"]] = self._setup_one(pod, uid, spec)
+                volumes[spec["name"]] = self._setup_one(pod, uid, spec, context or EnvContext())
             except (VolumeError, OSError) as err:
                 problems.append(f'volume "{spec.get("name")}": {err}')
         if problems:
             raise VolumeError("; ".join(problems))
         return volumes
 
-    def _setup_one(self, pod: dict[str, Any], uid: str, spec: dict[str, Any]) -> Volume:
+    def _setup_one(
+        self, pod: dict[str, Any], uid: str, spec: dict[str, Any], context: EnvContext
+    ) -> Volume:
         name = spec["name"]
         if "emptyDir" in spec:
             return self._empty_dir(pod, uid, name, spec["emptyDir"] or {})
         if "hostPath" in spec:
             return host_path_volume(name, spec["hostPath"])
-        if "configMap" in spec:
-            return self._config_map(pod, uid, name, spec["configMap"])
+        for field, plugin in (
+            ("configMap", CONFIG_MAP),
+            ("secret", SECRET),
+            ("downwardAPI", DOWNWARD_API),
+            ("projected", PROJECTED),
+        ):
+            if field in spec:
+                source = spec[field] or {}
+                payload = self._payload(pod, field, source, context)
+                path = self.pod_dir(uid) / "volumes" / plugin / name
+                if field == "secret" or _has_secret(field, source):
+                    path.mkdir(parents=True, exist_ok=True)
+                    if not mounts.is_mountpoint(path):
+                        mounts.mount_tmpfs(path, size_bytes=SECRET_TMPFS_BYTES, mode=0o755)
+                write_atomic(path, payload)
+                return Volume(name, field, str(path), read_only=True, creates_sub_paths=False)
         kind = next((k for k in spec if k != "name"), "unknown")
         raise VolumeError(
             f"volume type {kind} is not supported by this kubelet (supported: "
@@ -112,19 +144,47 @@ class VolumeManager:
             path.chmod(0o777)  # Kubernetes' emptyDir is world-writable, for non-root users
         return Volume(name, "emptyDir", str(path))
 
-    def _config_map(self, pod: dict[str, Any], uid: str, name: str, spec: dict) -> Volume:
+    def _payload(
+        self, pod: dict[str, Any], field: str, spec: dict[str, Any], context: EnvContext
+    ) -> Payload:
         namespace = pod["metadata"].get("namespace", "default")
-        source = spec.get("name", "")
-        path = self.pod_dir(uid) / "volumes" / CONFIG_MAP / name
-        configmap = self._configmaps.configmap(namespace, source)
-        if configmap is None:
-            if not spec.get("optional"):
-                raise VolumeError(f'configmap "{source}" not found')
-            payload: dict[str, tuple[bytes, int]] = {}
-        else:
-            payload = configmap_payload(configmap, spec)
-        write_atomic(path, payload)
-        return Volume(name, "configMap", str(path), read_only=True, creates_sub_paths=False)
+        default_mode = spec.get("defaultMode", DEFAULT_MODE)
+        if field == "downwardAPI":
+            return downward_payload(pod, spec.get("items") or [], default_mode, context)
+        if field in ("configMap", "secret"):
+            return self._object_payload(namespace, field, spec, default_mode)
+        payload: Payload = {}
+        for index, projection in enumerate(spec.get("sources") or []):
+            if "serviceAccountToken" in projection:
+                raise VolumeError(
+                    f"sources[{index}]: serviceAccountToken is not supported (this cluster "
+                    "issues no service account tokens)"
+                )
+            for kind in ("configMap", "secret"):
+                if kind in projection:
+                    payload.update(
+                        self._object_payload(namespace, kind, projection[kind], default_mode)
+                    )
+            if "downwardAPI" in projection:
+                items = projection["downwardAPI"].get("items") or []
+                payload.update(downward_payload(pod, items, default_mode, context))
+        return payload
+
+    def _object_payload(
+        self, namespace: str, field: str, spec: dict[str, Any], default_mode: int
+    ) -> Payload:
+        kind = "secret" if field == "secret" else "configmap"
+        name = spec.get("secretName" if "secretName" in spec else "name", "")
+        obj = (
+            self._sources.secret(namespace, name)
+            if kind == "secret"
+            else self._sources.configmap(namespace, name)
+        )
+        if obj is None:
+            if spec.get("optional"):
+                return {}
+            raise VolumeError(f'{kind} "{name}" not found')
+        return object_payload(obj, spec, kind=kind, default_mode=default_mode)
 
     # -- container mounts -----------------------------------------------------------------------
 
@@ -216,29 +276,68 @@ def host_path_volume(name: str, spec: dict[str, Any]) -> Volume:
 # -- configMap -----------------------------------------------------------------------------------
 
 
-def configmap_payload(
-    configmap: dict[str, Any], spec: dict[str, Any]
-) -> dict[str, tuple[bytes, int]]:
-    """relative path -> (content, mode) for a configMap volume source."""
-    name = configmap.get("metadata", {}).get("name", "")
-    values: dict[str, bytes] = {k: v.encode() for k, v in (configmap.get("data") or {}).items()}
-    for key, encoded in (configmap.get("binaryData") or {}).items():
-        values[key] = base64.b64decode(encoded)
-    default_mode = spec.get("defaultMode", DEFAULT_MODE)
+def object_payload(
+    obj: dict[str, Any],
+    spec: dict[str, Any],
+    *,
+    kind: str = "configmap",
+    default_mode: int | None = None,
+) -> Payload:
+    """The files of a configMap or secret volume source (items choose keys and paths)."""
+    name = obj.get("metadata", {}).get("name", "")
+    values: dict[str, bytes] = {}
+    if kind == "secret":
+        for key, encoded in (obj.get("data") or {}).items():
+            values[key] = base64.b64decode(encoded)
+    else:
+        values = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
+        for key, encoded in (obj.get("binaryData") or {}).items():
+            values[key] = base64.b64decode(encoded)
+    mode = spec.get("defaultMode", DEFAULT_MODE) if default_mode is None else default_mode
     items = spec.get("items")
     if not items:
-        return {key: (value, default_mode) for key, value in values.items()}
+        return {key: (value, mode) for key, value in values.items()}
     payload = {}
     for item in items:
         key = item.get("key", "")
         if key not in values:
             if spec.get("optional"):
                 continue
-            raise VolumeError(f'configmap "{name}" has no key {key!r}')
+            raise VolumeError(f'{kind} "{name}" has no key {key!r}')
         path = item.get("path") or key
         _check_payload_path(path)
-        payload[path] = (values[key], item.get("mode", default_mode))
+        payload[path] = (values[key], item.get("mode", mode))
     return payload
+
+
+def configmap_payload(configmap: dict[str, Any], spec: dict[str, Any]) -> Payload:
+    return object_payload(configmap, spec, kind="configmap")
+
+
+def downward_payload(
+    pod: dict[str, Any], items: list[dict[str, Any]], default_mode: int, context: EnvContext
+) -> Payload:
+    """Files of a downwardAPI volume: the Pod's own fields and its containers' resources."""
+    payload = {}
+    containers = {c["name"]: c for c in pod.get("spec", {}).get("containers") or []}
+    for item in items:
+        path = item.get("path", "")
+        _check_payload_path(path)
+        try:
+            if "fieldRef" in item:
+                value = field_value(pod, item["fieldRef"].get("fieldPath", ""), context)
+            else:
+                ref = item.get("resourceFieldRef") or {}
+                container = containers.get(ref.get("containerName", ""), {})
+                value = resource_value(pod, container, ref, context)
+        except EnvError as err:
+            raise VolumeError(f"item {path!r}: {err}") from None
+        payload[path] = (value.encode(), item.get("mode", default_mode))
+    return payload
+
+
+def _has_secret(field: str, spec: dict[str, Any]) -> bool:
+    return field == "projected" and any("secret" in s for s in spec.get("sources") or [])
 
 
 def _check_payload_path(path: str) -> None:
@@ -252,7 +351,7 @@ def _check_sub_path(sub_path: str, where: str) -> None:
         raise VolumeError(f"{where}: subPath {sub_path!r} must be relative without '..'")
 
 
-def _current_payload(directory: Path) -> dict[str, tuple[bytes, int]] | None:
+def _current_payload(directory: Path) -> Payload | None:
     data = directory / DATA_LINK
     if not data.is_symlink():
         return None
@@ -266,7 +365,7 @@ def _current_payload(directory: Path) -> dict[str, tuple[bytes, int]] | None:
     return found
 
 
-def write_atomic(directory: Path, payload: dict[str, tuple[bytes, int]]) -> bool:
+def write_atomic(directory: Path, payload: Payload) -> bool:
     """Make directory hold exactly payload, by one symlink swap; False when it already did."""
     directory.mkdir(parents=True, exist_ok=True)
     if _current_payload(directory) == payload:

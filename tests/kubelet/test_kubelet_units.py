@@ -226,11 +226,15 @@ def test_expand(text, env, expected):
 
 
 class FakeConfigMaps:
-    def __init__(self, **maps):
+    def __init__(self, secrets=None, **maps):
         self.maps = maps
+        self.secrets = secrets or {}
 
     def configmap(self, namespace, name):
         return self.maps.get(name)
+
+    def secret(self, namespace, name):
+        return self.secrets.get(name)
 
 
 POD = {
@@ -273,6 +277,47 @@ def test_container_env_order_references_and_sources():
     }
 
 
+def test_secret_values_are_decoded_for_env():
+    container = {
+        "name": "main",
+        "envFrom": [{"secretRef": {"name": "creds"}}],
+        "env": [{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "pw"}}}],
+    }
+    secrets = {"creds": {"data": {"pw": "czNjcjN0", "user": "YWRtaW4="}}}
+    env = container_env(
+        POD, container, context=EnvContext(), configmaps=FakeConfigMaps(secrets=secrets)
+    )
+    assert env == {"pw": "s3cr3t", "user": "admin", "PW": "s3cr3t"}
+
+
+def test_downward_and_secret_payloads():
+    from kubelet.volumes import downward_payload, object_payload
+
+    items = [
+        {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+        {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+        {
+            "path": "mem",
+            "mode": 0o400,
+            "resourceFieldRef": {
+                "containerName": "main",
+                "resource": "limits.memory",
+                "divisor": "1Mi",
+            },
+        },
+    ]
+    got = downward_payload(POD, items, 0o644, EnvContext(node_memory_bytes=1 << 30))
+    assert got == {
+        "name": (b"web", 0o644),
+        "labels": (b'app="web"', 0o644),
+        "mem": (b"1024", 0o400),
+    }
+    secret = {"metadata": {"name": "creds"}, "data": {"pw": "czNjcjN0"}}
+    assert object_payload(secret, {"defaultMode": 0o400}, kind="secret") == {
+        "pw": (b"s3cr3t", 0o400)
+    }
+
+
 ENV_ERRORS = [
     (
         "missing-configmap",
@@ -285,7 +330,7 @@ ENV_ERRORS = [
         "couldn't find key k in ConfigMap shop/base",
     ),
     ("unknown-field", {"fieldRef": {"fieldPath": "spec.bogus"}}, "not a supported field"),
-    ("secret", {"secretKeyRef": {"name": "s", "key": "k"}}, "no Secrets"),
+    ("missing-secret", {"secretKeyRef": {"name": "s", "key": "k"}}, 'secret "s" not found'),
 ]
 
 

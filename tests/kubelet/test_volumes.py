@@ -6,6 +6,7 @@ ConfigMap does to a Pod."""
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import pytest
 
@@ -253,3 +254,98 @@ async def test_missing_config_map_waits_then_starts_once_it_exists(client, kubel
         },
     )
     await wait_pod(client, "patient", running, what="Running once the ConfigMap exists")
+
+
+async def test_secret_downward_and_projected_volumes(client, kubelet, apiserver):
+    node = kubelet.config.node_name
+    await client.create(
+        "secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": "creds", "namespace": "default"},
+            "data": {"password": base64.b64encode(b"s3cr3t").decode()},
+        },
+    )
+    await client.create(
+        "configmaps",
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "plain", "namespace": "default"},
+            "data": {"greeting": "hello"},
+        },
+    )
+    mounts = [
+        {"name": "creds", "mountPath": "/creds"},
+        {"name": "info", "mountPath": "/info"},
+        {"name": "all", "mountPath": "/all"},
+    ]
+    main = sh(
+        "main",
+        "sleep 3600",
+        volumeMounts=mounts,
+        env=[
+            {
+                "name": "PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}},
+            },
+        ],
+    )
+    spec = pod(
+        "secretive",
+        node,
+        main,
+        volumes=[
+            {"name": "creds", "secret": {"secretName": "creds", "defaultMode": 0o400}},
+            {
+                "name": "info",
+                "downwardAPI": {
+                    "items": [
+                        {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                        {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+                    ]
+                },
+            },
+            {
+                "name": "all",
+                "projected": {
+                    "sources": [
+                        {"secret": {"name": "creds", "items": [{"key": "password", "path": "pw"}]}},
+                        {"configMap": {"name": "plain"}},
+                        {
+                            "downwardAPI": {
+                                "items": [
+                                    {"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}}
+                                ]
+                            }
+                        },
+                    ]
+                },
+            },
+        ],
+    )
+    created = await client.create("pods", spec)
+    await wait_pod(client, "secretive", running, what="Running")
+    out, _ = await exec_output(
+        apiserver,
+        "secretive",
+        "sh",
+        "-c",
+        "cat /creds/password; echo; stat -L -c %a /creds/password; cat /info/name; echo; "
+        "cat /all/pw; echo; cat /all/greeting; echo; cat /all/ns; echo; echo $PASSWORD",
+    )
+    assert out.split() == ["s3cr3t", "400", "secretive", "s3cr3t", "hello", "default", "s3cr3t"]
+    # Secret values live on tmpfs, never on the node's disk.
+    secret_dir = kubelet.volumes.pod_dir(created["metadata"]["uid"]) / "volumes"
+    assert str(secret_dir / "kubernetes.io~secret" / "creds") in mountpoints_under(secret_dir)
+
+    # The downward API follows the Pod's labels.
+    await client.patch(
+        "pods",
+        "secretive",
+        {"metadata": {"labels": {"app": "secretive", "tier": "gold"}}},
+        namespace="default",
+    )
+    await until_output(apiserver, "secretive", ["cat", "/info/labels"], 'tier="gold"')
