@@ -2,6 +2,7 @@
 # Bring up a kubelite cluster on this machine, as root on Debian.
 #
 #   deploy/up.sh [--nodes N] [--name NAME] [--demo]
+#                [--node-grace-period S] [--pod-eviction-timeout S]
 #
 # Installs what is missing (Debian packages, the project into .venv), starts
 # the cluster's components under a supervisor, waits until they answer, and
@@ -13,9 +14,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 NAME=kubelite
 NODES=3
 DEMO=0
+EXTRA=()
 
 usage() {
-  sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 while [ $# -gt 0 ]; do
@@ -25,6 +27,8 @@ while [ $# -gt 0 ]; do
     --name) NAME=${2:?--name needs a name}; shift 2 ;;
     --name=*) NAME=${1#*=}; shift ;;
     --demo) DEMO=1; shift ;;
+    --node-grace-period|--pod-eviction-timeout)
+      EXTRA+=("$1" "${2:?$1 needs a number of seconds}"); shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "deploy/up.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -39,6 +43,6 @@ esac
 kubelite_install
 
 cd "$ROOT"
-args=(up --name "$NAME" --nodes "$NODES")
+args=(up --name "$NAME" --nodes "$NODES" "${EXTRA[@]}")
 [ "$DEMO" = 1 ] && args+=(--demo)
 exec "$ROOT/.venv/bin/python" -m deploy.cluster "${args[@]}"

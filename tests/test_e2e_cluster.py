@@ -114,7 +114,17 @@ def cluster(tmp_path_factory):
         "KUBELITE_CONFIG": str(tmp / "config"),
     }
     up = subprocess.run(
-        [str(ROOT / "deploy/up.sh"), "--nodes", "3", "--name", name],
+        [
+            str(ROOT / "deploy/up.sh"),
+            "--nodes",
+            "3",
+            "--name",
+            name,
+            "--node-grace-period",
+            "15",
+            "--pod-eviction-timeout",
+            "5",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
