@@ -121,7 +121,7 @@ def plan_drain(pods: list[Obj], args: argparse.Namespace) -> DrainPlan:
     plan = DrainPlan()
     for pod in pods:
         ref = meta.ref(pod)
-        if MIRROR_ANNOTATION in meta.annotations(pod):
+        if MIRROR_ANNOTATION in meta.annotations_of(pod):
             continue  # a static Pod's mirror: its kubelet owns it
         if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
             plan.delete.append(pod)

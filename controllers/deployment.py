@@ -120,7 +120,7 @@ def templates_equal(a: Obj, b: Obj) -> bool:
 
 def revision_of(rs: Obj) -> int:
     try:
-        return int(meta.annotations(rs).get(REVISION, "0"))
+        return int(meta.annotations_of(rs).get(REVISION, "0"))
     except ValueError:
         return 0
 
@@ -189,7 +189,7 @@ def new_rs_replicas(d: Obj, all_rs: list[Obj], new: Obj | None) -> int:
 
 def _annotation_int(rs: Obj, name: str) -> int | None:
     try:
-        return int(meta.annotations(rs)[name])
+        return int(meta.annotations_of(rs)[name])
     except (KeyError, ValueError):
         return None
 
@@ -459,7 +459,7 @@ class DeploymentController(QueueController):
         if changed:
             rs = await self.client.update("replicasets", rs)
         r.new = rs
-        await self._record_revision(r, meta.annotations(rs).get(REVISION, ""))
+        await self._record_revision(r, meta.annotations_of(rs).get(REVISION, ""))
         d = r.deployment
         if has_progress_deadline(d) and not util.get_condition(d.get("status", {}), PROGRESSING):
             message = f'Found new replica set "{meta.name(rs)}"'
@@ -481,7 +481,7 @@ class DeploymentController(QueueController):
         r.new = created
         if replicas(created) > 0:
             self._scaling_event(d, created, "up", replicas(created))
-        await self._record_revision(r, meta.annotations(created).get(REVISION, ""))
+        await self._record_revision(r, meta.annotations_of(created).get(REVISION, ""))
         if has_progress_deadline(r.deployment):
             message = f'Created new replica set "{meta.name(created)}"'
             await self._put_progressing(r, "True", "NewReplicaSetCreated", message)
@@ -539,7 +539,7 @@ class DeploymentController(QueueController):
         )
 
     async def _record_revision(self, r: _Rollout, revision: str) -> None:
-        if not revision or meta.annotations(r.deployment).get(REVISION) == revision:
+        if not revision or meta.annotations_of(r.deployment).get(REVISION) == revision:
             return
         d = r.deployment
         r.deployment = await self.client.patch(
@@ -863,7 +863,7 @@ def _set_new_rs_annotations(d: Obj, rs: Obj, revision: int) -> bool:
     """Copy the Deployment's annotations and bring the revision up; True when rs changed."""
     annotations = rs["metadata"].setdefault("annotations", {})
     before = dict(annotations)
-    for name, value in meta.annotations(d).items():
+    for name, value in meta.annotations_of(d).items():
         if name not in _NOT_COPIED:
             annotations[name] = value
     previous = annotations.get(REVISION, "")

@@ -54,7 +54,7 @@ def deletion_rank(pod: Obj) -> tuple[Any, ...]:
     spec, status = pod.get("spec", {}), pod.get("status", {})
     ready_since = util.ready_since(pod)
     try:
-        cost = int(meta.annotations(pod).get(DELETION_COST, "0"))
+        cost = int(meta.annotations_of(pod).get(DELETION_COST, "0"))
     except ValueError:
         cost = 0
     return (

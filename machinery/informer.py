@@ -20,6 +20,7 @@ record work (enqueue a key) and return.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
 import random
 from collections.abc import Callable, Iterable
@@ -111,7 +112,7 @@ class Informer:
     def get_by_key(self, key: str) -> Obj | None:
         return self._items.get(key)
 
-    def list(self, *, namespace: str = "", selector: Selector | None = None) -> list[Obj]:
+    def list(self, *, namespace: str = "", selector: Selector | None = None) -> builtins.list[Obj]:
         keys: Iterable[str] = (
             self._indexes["namespace"].get(namespace, ()) if namespace else self._items.keys()
         )
@@ -122,10 +123,10 @@ class Informer:
                 result.append(obj)
         return result
 
-    def by_index(self, name: str, value: str) -> list[Obj]:
+    def by_index(self, name: str, value: str) -> builtins.list[Obj]:
         return [self._items[k] for k in self._indexes[name].get(value, ())]
 
-    def keys(self) -> list[str]:
+    def keys(self) -> builtins.list[str]:
         return list(self._items)
 
     def __len__(self) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from machinery import errors
@@ -51,7 +51,7 @@ class LeaderElector:
         self.is_leader = False
         self._log = log.bind(lease=f"{namespace}/{name}", identity=identity)
 
-    async def run(self, lead: Callable[[], Awaitable[None]]) -> None:
+    async def run(self, lead: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Wait for the lease, run lead() while holding it; return once leadership is lost."""
         while not await self._try_acquire():
             await self._clock.sleep(self._retry)
@@ -155,7 +155,10 @@ def add_flags(parser: Any, *, default_lease: str) -> None:
     parser.add_argument("--leader-elect-retry-period", type=float, default=2.0)
 
 
-async def run_component(client: ApiClient, args: Any, work: Callable[[], Awaitable[None]]) -> int:
+Work = Callable[[], Coroutine[Any, Any, None]]
+
+
+async def run_component(client: ApiClient, args: Any, work: Work) -> int:
     """Run work (under the lease when --leader-elect) until SIGTERM/SIGINT or lost leadership.
 
     0 after a signal, 1 when the work ended or the lease was lost: a supervisor

@@ -37,7 +37,7 @@ def labels(obj: Obj) -> dict[str, str]:
     return obj.get("metadata", {}).get("labels") or {}
 
 
-def annotations(obj: Obj) -> dict[str, str]:
+def annotations_of(obj: Obj) -> dict[str, str]:
     return obj.get("metadata", {}).get("annotations") or {}
 
 

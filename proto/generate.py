@@ -19,7 +19,13 @@ def generate(out_dir: pathlib.Path) -> None:
     from grpc_tools import protoc
 
     protos = sorted(str(p.name) for p in PROTO_DIR.glob("*.proto"))
-    args = ["protoc", f"-I{PROTO_DIR}", f"--python_out={out_dir}", f"--grpc_python_out={out_dir}"]
+    args = [
+        "protoc",
+        f"-I{PROTO_DIR}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+    ]
     if protoc.main(args + protos) != 0:
         raise SystemExit(f"protoc failed on {protos}")
     # protoc writes absolute imports between generated modules; the stubs live
@@ -35,8 +41,9 @@ def main() -> int:
             generate(pathlib.Path(tmp))
             stale = [
                 p.name
-                for p in pathlib.Path(tmp).glob("*.py")
-                if not (OUT_DIR / p.name).exists() or (OUT_DIR / p.name).read_text() != p.read_text()
+                for p in [*pathlib.Path(tmp).glob("*.py"), *pathlib.Path(tmp).glob("*.pyi")]
+                if not (OUT_DIR / p.name).exists()
+                or (OUT_DIR / p.name).read_text() != p.read_text()
             ]
         if stale:
             print(f"stale generated stubs: {', '.join(stale)}; run python proto/generate.py")

@@ -62,7 +62,10 @@ def test_control_plane_up_repair_and_down(cluster_env) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         status = json.loads((state / "status.json").read_text())
-        if status["apiserver"]["pid"] not in (0, pids["apiserver"]) and status["apiserver"]["restarts"] >= 1:
+        if (
+            status["apiserver"]["pid"] not in (0, pids["apiserver"])
+            and status["apiserver"]["restarts"] >= 1
+        ):
             break
         time.sleep(0.2)
     else:

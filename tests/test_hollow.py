@@ -17,7 +17,6 @@ from machinery.clock import FakeClock
 from tests import objects as o
 from tests.controllers.harness import eventually, gone
 
-
 ORDERS = [
     pytest.param(0, ["D1"], ["P1", "P2"], ["P1", "P2", "D1"], id="renewal-with-slack-waits"),
     pytest.param(6, ["D1"], ["P1", "P2"], ["D1", "P1", "P2"], id="renewal-past-slack-first"),

@@ -297,7 +297,7 @@ async def test_rollout_history_and_undo(apiserver, client: ApiClient) -> None:
 def _revision(revision: str):
     def check(d: dict) -> bool:
         return _complete(d["spec"]["replicas"])(d) and (
-            meta.annotations(d).get("deployment.kubernetes.io/revision") == revision
+            meta.annotations_of(d).get("deployment.kubernetes.io/revision") == revision
         )
 
     return check

@@ -97,7 +97,7 @@ async def test_never_overshoots_while_the_pod_watch_lags(client: ApiClient) -> N
             await inner(key)
             rs = controllers.replicaset.replicasets.get_by_key(key)
             if rs is not None:
-                pokes = int(meta.annotations(rs).get("poke", "0"))
+                pokes = int(meta.annotations_of(rs).get("poke", "0"))
                 synced.append((key, pokes * 1000 + rs["spec"]["replicas"]))
 
         controllers.replicaset.sync = counting_sync  # type: ignore[method-assign]
@@ -431,7 +431,7 @@ async def test_status_is_written_only_when_it_changes(client: ApiClient) -> None
     async def noting_sync(key: str) -> None:
         await inner(key)
         rs = controllers.replicaset.replicasets.get_by_key(key)
-        seen.append(meta.annotations(rs).get("note", "") if rs else "")
+        seen.append(meta.annotations_of(rs).get("note", "") if rs else "")
 
     controllers.replicaset.sync = noting_sync  # type: ignore[method-assign]
     try:
