@@ -17,6 +17,8 @@ cd "$ROOT"
 
 echo "== lint"
 .venv/bin/ruff check .
+echo "== types of the shared package"
+.venv/bin/mypy machinery
 echo "== generated gRPC stubs are current"
 .venv/bin/python proto/generate.py --check
 echo "== tests"
