@@ -34,6 +34,10 @@ kubelite_install_packages() {
   if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=("python3-venv")
   fi
+  # libseccomp's Python bindings (the runtime's seccomp filter); a module, not a command.
+  if ! dpkg-query -W -f='${Status}' python3-seccomp 2>/dev/null | grep -q 'ok installed'; then
+    missing+=("python3-seccomp")
+  fi
   if [ ${#missing[@]} -gt 0 ]; then
     echo "kubelite: installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -121,7 +121,8 @@ class Security:
     drop_capabilities: tuple[str, ...] = ()  # "ALL" drops every capability
     read_only_root_filesystem: bool = False
     allow_privilege_escalation: bool = False  # False sets no_new_privs
-    # Seam for the seccomp task: None or "Unconfined" today; other profiles are refused.
+    # None or "RuntimeDefault": the runtime's default filter (kubelite filters by default);
+    # "Unconfined": none; "localhost/<file>" is refused. privileged: never filtered.
     seccomp_profile: str | None = None
 
 

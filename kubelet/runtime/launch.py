@@ -10,7 +10,9 @@ which is how the shim learns that the container started.
 The privilege drop follows the order the kernel needs: the capability bounding set first
 (needs CAP_SETPCAP), then groups, gid and uid, then the remaining sets (inheritable and
 ambient cleared, so that no capability comes back through a file's inheritable set),
-then no_new_privs, then the seccomp seam.
+then no_new_privs, then the seccomp filter (seccomp.py), the last thing before exec. A process
+without no_new_privs (allowPrivilegeEscalation) needs CAP_SYS_ADMIN to load a filter, so it
+loads it first, before any capability is dropped.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import termios
 from typing import NoReturn
 
 from kubelet.runtime import _libc as libc
-from kubelet.runtime import caps, channel, rootfs
+from kubelet.runtime import caps, channel, rootfs, seccomp
 from kubelet.runtime.paths import ensure_beneath
 from kubelet.runtime.spec import LaunchSpec, ProcessSpec
 
@@ -141,6 +143,8 @@ def enter_cwd(cwd: str) -> None:
 
 
 def drop_privileges(process: ProcessSpec) -> None:
+    if not process.no_new_privs:
+        apply_seccomp(process.seccomp_profile, process.capabilities)
     keep = caps.mask(frozenset(process.capabilities))
     for number in range(caps.last_cap() + 1):
         if not keep & (1 << number):
@@ -153,18 +157,17 @@ def drop_privileges(process: ProcessSpec) -> None:
     libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
     if process.no_new_privs:
         libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
-    apply_seccomp(process.seccomp_profile)
+        apply_seccomp(process.seccomp_profile, process.capabilities)
 
 
-def apply_seccomp(profile: str | None) -> None:
-    """The seccomp seam: the runtime refuses any profile but Unconfined at create time.
-
-    TODO: load the RuntimeDefault filter here (issue 7, through libseccomp's bindings);
-    until then containers run without a seccomp filter, so system calls such as keyctl or
-    kexec_load are refused only by the missing capabilities, not by a filter.
-    """
-    if profile not in (None, "Unconfined"):
-        raise OSError(f"seccomp profile {profile!r} is not supported yet")
+def apply_seccomp(profile: str | None, capabilities: tuple[str, ...]) -> None:
+    """Load the container's resolved profile (native.py resolved it at create time:
+    RuntimeDefault or Unconfined; None, from a spec written before, is RuntimeDefault)."""
+    if profile == seccomp.UNCONFINED:
+        return
+    if problem := seccomp.check_profile(profile):
+        raise OSError(problem)
+    seccomp.load(capabilities)
 
 
 def reset_signals() -> None:

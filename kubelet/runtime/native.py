@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from kubelet.runtime import _libc as libc
-from kubelet.runtime import caps, channel, imageconfig, paths, state
+from kubelet.runtime import caps, channel, imageconfig, paths, seccomp, state
 from kubelet.runtime.cgroups import CgroupDriver, CgroupV1, detect
 from kubelet.runtime.forkserver import ForkServer
 from kubelet.runtime.interface import (
@@ -449,7 +449,7 @@ class NativeRuntime:
             groups=groups,
             capabilities=tuple(sorted(capabilities)),
             no_new_privs=not (sec.allow_privilege_escalation or sec.privileged),
-            seccomp_profile=sec.seccomp_profile,
+            seccomp_profile=seccomp.resolve(sec.seccomp_profile, privileged=sec.privileged),
         )
         cgroup_path = f"{sandbox['cgroup']}/{container_id}"
         namespaces = sandbox["namespaces"]
@@ -864,11 +864,8 @@ def _validate_container(config: ContainerConfig, *, where: str) -> None:
             problems.append(f"{label}: host_path {mount.host_path!r} does not exist")
         if mount.sub_path and (why := paths.check_sub_path(mount.sub_path, where=label)):
             problems.append(why)
-    if config.security.seccomp_profile not in (None, "Unconfined"):
-        problems.append(
-            f"seccomp profile {config.security.seccomp_profile!r} is not supported yet "
-            "(only Unconfined)"
-        )
+    if why := seccomp.check_profile(config.security.seccomp_profile):
+        problems.append(why)
     if problems:
         raise InvalidConfigError(f"{where}: " + "; ".join(problems))
 

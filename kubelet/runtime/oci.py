@@ -25,7 +25,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from kubelet.runtime import paths, rootfs
+from kubelet.runtime import paths, rootfs, seccomp
 from kubelet.runtime.cgroups import CPU_PERIOD_US, cpu_quota_us, cpu_shares
 from kubelet.runtime.interface import (
     ContainerConfig,
@@ -80,6 +80,8 @@ def bundle_config(spec: LaunchSpec, resources: Resources, *, rootfs_path: str) -
     }
     if spec.oom_score_adj is not None:
         config["process"]["oomScoreAdj"] = spec.oom_score_adj
+    if process.seccomp_profile != seccomp.UNCONFINED:
+        config["linux"]["seccomp"] = seccomp.oci_section(process.capabilities)
     if not spec.privileged:
         config["linux"]["maskedPaths"] = list(rootfs.MASKED_PATHS)
         config["linux"]["readonlyPaths"] = list(rootfs.READ_ONLY_PATHS)

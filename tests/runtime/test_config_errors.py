@@ -65,9 +65,9 @@ def test_bad_sandbox_configs(runtime: NativeRuntime, overrides, message):
         ),
         pytest.param(
             ("true",),
-            {"security": Security(seccomp_profile="RuntimeDefault")},
-            "seccomp profile 'RuntimeDefault' is not supported yet",
-            id="seccomp",
+            {"security": Security(seccomp_profile="localhost/audit.json")},
+            "seccomp profile 'localhost/audit.json': Localhost profiles are not supported",
+            id="seccomp-localhost",
         ),
         pytest.param(
             ("true",),
