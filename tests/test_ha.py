@@ -55,7 +55,9 @@ from machinery.clock import parse_rfc3339
 from machinery.config import load_context
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-LEASE = LeaderElection(lease_duration=6, renew_deadline=4, retry_period=1)
+# Short enough to keep the test short, long enough that a loaded machine's leader
+# still renews in time.
+LEASE = LeaderElection(lease_duration=8, renew_deadline=6, retry_period=1)
 AGENT_NAME = "agent-1"
 SERVER_UNITS = ("kubelite-etcd", "kubelite-apiserver", "kubelite-controller-manager")
 
@@ -396,6 +398,15 @@ async def answers(address: str) -> bool:
     return True
 
 
+def leads(machine: Machine, unit: str) -> bool:
+    """Whether the machine's process of unit is alive and, by its log, leading now."""
+    process = machine.processes.get(unit)
+    if process is None or process.poll() is not None:
+        return False
+    log = machine.log(unit)
+    return log.count("became leader") > log.count("stopped leading")
+
+
 async def lease_holder(api: ApiClient, name: str) -> tuple[int, dict]:
     lease = await api.get("leases", name, namespace="kube-system")
     identity = lease["spec"].get("holderIdentity", "")
@@ -534,15 +545,16 @@ async def test_three_servers_are_one_cluster(ha: HA) -> None:
                     what=f"the ConfigMap through {address}",
                 )
 
-        # Exactly one leader of each: the first started, and no other ever led.
+        # Exactly one of each leads (the first started, unless load made it miss a
+        # renewal), and it is the one the lease names.
         for lease, unit in (
             ("kube-controller-manager", "kubelite-controller-manager"),
             ("kube-scheduler", "kubelite-scheduler"),
         ):
             holder, _ = await lease_holder(api, lease)
-            assert holder == ha.victim.pid(unit)
-            leaders = [m for m in ha.servers if "became leader" in m.log(unit)]
-            assert leaders == [ha.victim], ha.logs(unit)
+            leading = [m for m in ha.servers if leads(m, unit)]
+            assert len(leading) == 1, ha.logs(unit)
+            assert leading[0].pid(unit) == holder
 
 
 @pytest.mark.root
@@ -565,7 +577,7 @@ async def test_losing_a_server_leaves_the_cluster_working(ha: HA) -> None:
         await retry(lambda: api.create("configmaps", cm, namespace="default"), attempts=20)
         assert all(etcd_healthy(m.ip) for m in survivors)
 
-        # The leases move to survivors, and never before the old holder's lease ran out.
+        # The leases the victim held move to survivors, and never before they ran out.
         for lease, unit in (
             ("kube-controller-manager", "kubelite-controller-manager"),
             ("kube-scheduler", "kubelite-scheduler"),
@@ -578,6 +590,8 @@ async def test_losing_a_server_leaves_the_cluster_working(ha: HA) -> None:
 
             spec = await eventually_async(moved, timeout=60, what=f"{lease} to move")
             old = before[lease]
+            if old["holderIdentity"] == spec["holderIdentity"]:
+                continue  # a survivor already held it (load made the victim miss a renewal)
             expired = parse_rfc3339(old["renewTime"]) + old["leaseDurationSeconds"]
             assert parse_rfc3339(spec["acquireTime"]) >= expired
             assert spec["leaseTransitions"] == old.get("leaseTransitions", 0) + 1
