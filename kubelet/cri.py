@@ -209,6 +209,27 @@ class AsyncRuntime:
         self._snapshot = snapshot
         return snapshot
 
+    async def refresh(self, held: PodRuntime, added: list[ContainerId]) -> PodRuntime:
+        """One Pod's objects read again, plus containers it just made: cheaper than a relist
+        of the whole node when a worker only needs to see the effect of its own calls."""
+        return await self.call("pod_status", self._refresh, held, tuple(added))
+
+    def _refresh(self, held: PodRuntime, added: tuple[ContainerId, ...]) -> PodRuntime:
+        sandboxes = []
+        for sandbox in held.sandboxes:
+            try:
+                sandboxes.append(self.runtime.sandbox_status(sandbox.id))
+            except RuntimeFailure:
+                continue  # removed meanwhile
+        containers = []
+        for container_id in dict.fromkeys([*(c.id for c in held.containers), *added]):
+            try:
+                containers.append(self.runtime.container_status(container_id))
+            except RuntimeFailure:
+                continue
+        containers.sort(key=lambda c: c.created_at, reverse=True)
+        return PodRuntime(tuple(sandboxes), tuple(containers))
+
     def _list_all(self) -> tuple[list[SandboxStatus], list[ContainerStatus]]:
         return self.runtime.list_sandboxes(), self.runtime.list_containers()
 

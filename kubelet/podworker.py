@@ -47,6 +47,7 @@ from kubelet.metrics import KubeletMetrics
 from kubelet.network import NetworkError, PodNetwork, PodNetworkRequest, PortMapping
 from kubelet.probes import Outcome, ProbeManager, ProbeTarget, run_probe
 from kubelet.runtime.interface import (
+    ContainerId,
     ContainerState,
     ContainerStatus,
     RuntimeFailure,
@@ -117,6 +118,7 @@ class PodWorker:
         self._seeded = False
         self._terminal_done = False
         self._failures = 0
+        self._created: list[ContainerId] = []  # made in this sync, not yet in `state`
         self.finished = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.log = log.bind(pod=self._ref(pod), uid=uid)
@@ -213,11 +215,11 @@ class PodWorker:
         sandbox = state.ready_sandbox()
         if sandbox is None:
             sandbox = await self._new_sandbox(pod, state)
-            state = (await self.ctx.runtime.fresh()).pod(self.uid)
             if sandbox is None:
-                self._publish(pod, state, None)
+                self._publish(pod, (await self.ctx.runtime.fresh()).pod(self.uid), None)
                 self.wake_after(2.0)
                 return False
+            state = PodRuntime((sandbox,), ())  # stale sandboxes went with their containers
 
         # Containers: init in order, then the app containers.
         changed = False
@@ -225,8 +227,9 @@ class PodWorker:
             changed = await self._sync_init(pod, state, sandbox, volumes)
         if self._init_done(pod, state, sandbox):
             changed = await self._sync_app(pod, state, sandbox, volumes) or changed
-        if changed:
-            state = (await self.ctx.runtime.fresh()).pod(self.uid)
+        if changed or self._created:
+            state = await self.ctx.runtime.refresh(state, self._created)
+            self._created.clear()
         status = self._publish(pod, state, sandbox)
         if status["phase"] in ("Succeeded", "Failed"):
             await self._finish_terminal(state)
@@ -281,9 +284,10 @@ class PodWorker:
                 await self._remove_sandbox(pod, sandbox)
                 return None
             ips = result.ips
-        if ips:
-            await self.ctx.runtime.set_sandbox_ips(sandbox_id, tuple(ips))
         self.log.info("started pod sandbox", sandbox=sandbox_id, ips=",".join(ips) or "none")
+        if not ips:
+            return sandbox
+        await self.ctx.runtime.set_sandbox_ips(sandbox_id, tuple(ips))
         return await self.ctx.runtime.sandbox_status(sandbox_id)
 
     def _network_request(self, pod: dict[str, Any], sandbox: SandboxStatus) -> PodNetworkRequest:
@@ -507,6 +511,7 @@ class PodWorker:
             self._event(WARNING, "Failed", f"Error: {err}")
             self.wake_after(5.0)
             return False
+        self._created.append(container_id)
         self._event(NORMAL, "Created", f"Created container {name}")
         try:
             await self.ctx.runtime.start_container(container_id)

@@ -241,8 +241,10 @@ async def wait_pod(
     namespace: str = "default",
     timeout: float = 60.0,
     what: str = "",
+    seen: list[Obj] | None = None,
 ) -> Obj:
-    """The Pod once predicate(pod) holds; fails with the last status seen after timeout."""
+    """The Pod once predicate(pod) holds, following a watch so that no written state is
+    missed (every version seen is appended to `seen`); fails with the last status seen."""
     last: dict[str, Obj] = {}
 
     async def follow() -> Obj:
@@ -250,11 +252,28 @@ async def wait_pod(
             try:
                 current = await client.get("pods", name, namespace=namespace)
             except errors.NotFound:
-                current = {}
+                await asyncio.sleep(0.1)
+                continue
             last["pod"] = current
-            if current and predicate(current):
+            if seen is not None:
+                seen.append(current)
+            if predicate(current):
                 return current
-            await asyncio.sleep(0.1)
+            try:
+                async for event in client.watch(
+                    "pods",
+                    namespace=namespace,
+                    field_selector=f"metadata.name={name}",
+                    resource_version=current["metadata"]["resourceVersion"],
+                ):
+                    if event.type in ("ADDED", "MODIFIED"):
+                        last["pod"] = event.object
+                        if seen is not None:
+                            seen.append(event.object)
+                        if predicate(event.object):
+                            return event.object
+            except (errors.Expired, errors.Unavailable):
+                pass
 
     try:
         return await asyncio.wait_for(follow(), timeout)

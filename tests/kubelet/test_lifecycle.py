@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from kubelet.config import Backoff
 from machinery.clock import parse_rfc3339
 from tests.kubelet.conftest import (
     condition,
@@ -211,7 +212,10 @@ async def test_graceful_stop_runs_prestop_then_sigterm_then_sigkill(client, kube
     assert "Killing" in reasons
 
 
-async def test_missing_image_reports_errimagepull_then_backoff(client, kubelet):
+async def test_missing_image_reports_errimagepull_then_backoff(client, nodes):
+    # A longer pull back-off than the suite's, so that ErrImagePull is written before the
+    # back-off turns it into ImagePullBackOff even on a busy machine.
+    kubelet = await nodes.start(image_backoff=Backoff(initial_s=2.0, maximum_s=4.0))
     node = kubelet.config.node_name
     spec = pod("noimage", node, container("main", image="kubelite-test/does-not-exist:1"))
     await client.create("pods", spec)
