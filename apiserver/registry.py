@@ -17,6 +17,10 @@ Resources with a Transformer (Secrets, when the server has an encryption key)
 are sealed in `_encode` after the size check, so the limit is on the object,
 not on its ciphertext, and opened in `_plain` before anything reads them; a
 value that cannot be opened is an InternalError naming the object, logged.
+
+Pods are admitted by Pod Security (podsecurity.py) against their namespace's level after
+validation, on create and on an update that changes their spec; a Namespace's
+pod-security labels are validated with the rest of it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from apiserver import codec, encryption
+from apiserver import codec, encryption, podsecurity
 from apiserver import store as st
 from apiserver.serviceip import Allocation, Owner, ServiceAllocator
 from apiserver.watchcache import WatchCache
@@ -83,8 +87,10 @@ class Registry:
         max_object_bytes: int = MAX_OBJECT_BYTES,
         service_ips: ServiceAllocator | None = None,
         transformers: Mapping[str, encryption.Transformer] | None = None,
+        pod_security: podsecurity.PodSecurity | None = None,
     ) -> None:
         self._store = store
+        self._pod_security = pod_security or podsecurity.PodSecurity()
         # resource -> how its stored bytes are sealed; resources not named are stored plain.
         self._transformers = dict(transformers or {})
         # Services get their clusterIP and nodePorts inside create and update, as in
@@ -179,8 +185,9 @@ class Registry:
                     )
                 ],
             )
+        namespace_obj = None
         if kind.namespaced:
-            await self._check_namespace_open(meta["namespace"])
+            namespace_obj = await self._check_namespace_open(meta["namespace"])
         generated = not meta.get("name")
         allocation: Allocation | None = None
         try:
@@ -190,6 +197,8 @@ class Registry:
                         self._rng.choice(_SUFFIX_ALPHABET) for _ in range(5)
                     )
                 self._validate(kind, obj)
+                if kind.kind == "Pod":
+                    self._admit_pod(namespace_obj, obj)
                 if allocation is None and kind.kind == "Service" and self._service_ips:
                     allocation = await self._service_ips.allocate(obj, dry_run=dry_run)
                 key = self.key(kind, meta.get("namespace", ""), meta["name"])
@@ -286,10 +295,17 @@ class Registry:
         causes = validation.validate(obj)
         if old is not None:
             causes += validation.validate_update(old, obj)
+        if kind.kind == "Namespace" and not causes:
+            causes += podsecurity.label_causes(obj["metadata"].get("labels") or {})
         if causes:
             raise errors.Invalid.for_causes(kind.kind, obj["metadata"].get("name", ""), causes)
 
-    async def _check_namespace_open(self, namespace: str) -> None:
+    def _admit_pod(self, namespace: dict[str, Any] | None, pod: dict[str, Any]) -> None:
+        if refusal := self._pod_security.admit(namespace, pod):
+            raise refusal
+
+    async def _check_namespace_open(self, namespace: str) -> dict[str, Any]:
+        """The namespace, which must exist and not be terminating."""
         ns_kind = kinds.by_kind("Namespace")
         assert ns_kind is not None
         # The namespace cache answers almost every create without an etcd round trip;
@@ -297,7 +313,7 @@ class Registry:
         cache = self._caches.get(ns_kind.resource)
         cached = cache.get(self.key(ns_kind, "", namespace)) if cache is not None else None
         if cached is not None and not cached.obj["metadata"].get("deletionTimestamp"):
-            return
+            return cached.obj
         try:
             ns = await self.get(ns_kind, "", namespace)
         except errors.NotFound:
@@ -311,6 +327,7 @@ class Registry:
                 kind="Namespace",
                 name=namespace,
             )
+        return ns
 
     # -- read --------------------------------------------------------------------------------
 
@@ -406,16 +423,34 @@ class Registry:
             return await self._update_service(
                 kind, namespace, name, obj, precondition=precondition, dry_run=dry_run
             )
+        namespace_obj = None
+        if kind.kind == "Pod":
+            namespace_obj = await self._namespace_of(meta["namespace"])
         return await self._guaranteed_update(
             kind,
             namespace,
             name,
-            self._spec_mutation(kind, obj),
+            self._spec_mutation(kind, obj, namespace_obj),
             precondition=precondition,
             dry_run=dry_run,
         )
 
-    def _spec_mutation(self, kind: Kind, obj: dict[str, Any]) -> Mutation:
+    async def _namespace_of(self, namespace: str) -> dict[str, Any] | None:
+        """The namespace for Pod Security; None (the default level) when it is gone."""
+        ns_kind = kinds.by_kind("Namespace")
+        assert ns_kind is not None
+        cache = self._caches.get(ns_kind.resource)
+        cached = cache.get(self.key(ns_kind, "", namespace)) if cache is not None else None
+        if cached is not None:
+            return cached.obj
+        try:
+            return await self.get(ns_kind, "", namespace)
+        except errors.NotFound:
+            return None
+
+    def _spec_mutation(
+        self, kind: Kind, obj: dict[str, Any], namespace: dict[str, Any] | None = None
+    ) -> Mutation:
         """The change an update of the main resource makes to the stored object."""
 
         def mutate(current: dict[str, Any]) -> dict[str, Any]:
@@ -431,9 +466,12 @@ class Registry:
                     new["status"] = current["status"]
                 else:
                     new.pop("status", None)
-            if _spec_of(new) != _spec_of(current):
+            spec_changed = _spec_of(new) != _spec_of(current)
+            if spec_changed:
                 new_meta["generation"] = current["metadata"].get("generation", 1) + 1
             self._validate(kind, new, current)
+            if kind.kind == "Pod" and spec_changed:
+                self._admit_pod(namespace, new)
             return new
 
         return mutate

@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from apiserver import encryption
+from apiserver import encryption, podsecurity
 from apiserver.garbagecollector import GarbageCollector
 from apiserver.registry import SYSTEM_NAMESPACES, Registry
 from apiserver.service import SERVICE_NAME, ObjectService
@@ -53,6 +53,9 @@ class ServerConfig:
     # Keys Secrets are encrypted with in etcd (--encryption-key-file), the write key
     # first; none: Secrets are stored in plaintext, with a warning at start.
     encryption_keys: tuple[encryption.EncryptionKey, ...] = ()
+    # Pod Security level of a namespace without the pod-security.kubernetes.io/enforce
+    # label (privileged, baseline or restricted); kube-system is labelled privileged.
+    pod_security_default_level: str = podsecurity.BASELINE
 
 
 class ApiServer:
@@ -89,6 +92,7 @@ class ApiServer:
             caches=self.caches,
             service_ips=self.service_ips,
             transformers=transformers,
+            pod_security=podsecurity.PodSecurity(default_level=config.pod_security_default_level),
         )
         self.collector = GarbageCollector(self.registry, self.caches, clock=self._clock)
         self._service = ObjectService(
@@ -181,13 +185,14 @@ class ApiServer:
         ns_kind = kinds.by_kind("Namespace")
         assert ns_kind is not None
         for name in SYSTEM_NAMESPACES:
+            meta: dict = {"name": name}
+            if name == "kube-system":  # the cluster's own components may need the node
+                meta["labels"] = {podsecurity.ENFORCE_LABEL: podsecurity.PRIVILEGED}
             delay = 0.1
             while True:
                 try:
                     await self.registry.create(
-                        ns_kind,
-                        "",
-                        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+                        ns_kind, "", {"apiVersion": "v1", "kind": "Namespace", "metadata": {**meta}}
                     )
                     break
                 except errors.AlreadyExists:

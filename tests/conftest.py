@@ -41,6 +41,9 @@ async def apiserver(etcd: EtcdProcess, etcd_prefix: str):
             prefix=etcd_prefix,
             bookmark_interval=1.0,
             compaction_interval=0,
+            # Node-agent tests run hostPath and hostNetwork Pods in "default"; Pod Security
+            # is tested with the product's default level in test_podsecurity.py.
+            pod_security_default_level="privileged",
         )
     )
     await server.start()
