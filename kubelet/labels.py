@@ -35,11 +35,27 @@ def pod_labels(pod: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def container_hash(container: dict[str, Any]) -> str:
-    """A stable hash of a container's spec: it changes exactly when the spec changes.
+# What a container runs: a change of any of these means a new container. Fields the API
+# server fills in with defaults (imagePullPolicy, probe periods, terminationMessagePath) are
+# left out on purpose, so that a new default in a newer API server never restarts every
+# container of the cluster; so are probes and resources, which apply without a restart.
+HASHED_FIELDS = (
+    "name",
+    "image",
+    "command",
+    "args",
+    "workingDir",
+    "env",
+    "envFrom",
+    "volumeMounts",
+    "securityContext",
+    "tty",
+    "stdin",
+)
 
-    The spec comes defaulted from the API server, so an object that round-trips through
-    the API keeps its hash.
-    """
-    canonical = json.dumps(container, sort_keys=True, separators=(",", ":"))
+
+def container_hash(container: dict[str, Any]) -> str:
+    """A stable hash of what a container runs; it changes exactly when that changes."""
+    chosen = {key: container[key] for key in HASHED_FIELDS if container.get(key) not in (None, [])}
+    canonical = json.dumps(chosen, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -213,13 +213,22 @@ class PodWorker:
             self.wake_after(2.0)
             return False
         sandbox = state.ready_sandbox()
+        if sandbox is None and state.containers and pod["spec"].get("restartPolicy") == "Never":
+            # The sandbox went away (a node reboot) after the containers ran: under Never
+            # nothing runs again, and the Pod ends with what its containers did.
+            self._publish(pod, state, None, final=True)
+            await self._finish_terminal(state)
+            return False
         if sandbox is None:
             sandbox = await self._new_sandbox(pod, state)
             if sandbox is None:
                 self._publish(pod, (await self.ctx.runtime.fresh()).pod(self.uid), None)
                 self.wake_after(2.0)
                 return False
-            state = PodRuntime((sandbox,), ())  # stale sandboxes went with their containers
+            if state.sandboxes:
+                state = (await self.ctx.runtime.fresh()).pod(self.uid)  # a kept stale box
+            else:
+                state = PodRuntime((sandbox,), ())
 
         # Containers: init in order, then the app containers.
         changed = False
@@ -248,7 +257,7 @@ class PodWorker:
     # -- sandbox -------------------------------------------------------------------------------
 
     async def _new_sandbox(self, pod: dict[str, Any], state: PodRuntime) -> SandboxStatus | None:
-        await self._remove_stale_sandboxes(pod, state)
+        await self._retire_stale_sandboxes(pod, state)
         spec = pod.get("spec", {})
         node = self.ctx.node()
         dns = kdns.pod_dns(
@@ -314,23 +323,31 @@ class PodWorker:
             port_mappings=tuple(mappings),
         )
 
-    async def _remove_stale_sandboxes(self, pod: dict[str, Any], state: PodRuntime) -> None:
-        """Sandboxes that are no longer ready (the node rebooted, a namespace was lost)."""
+    async def _retire_stale_sandboxes(self, pod: dict[str, Any], state: PodRuntime) -> None:
+        """Sandboxes that are no longer ready (the node rebooted, a namespace was lost):
+        stopped and unwired; the newest is kept with its exited containers, so that their
+        exit codes still show as lastState and their logs as --previous."""
         for container in state.containers:
             name = container.labels.get(kl.CONTAINER_NAME, "")
             self._attempt_floor[name] = max(self._attempt_floor.get(name, -1), container.attempt)
-        for sandbox in state.sandboxes:
+        for index, sandbox in enumerate(state.sandboxes):
             for container in state.containers:
                 if container.sandbox_id == sandbox.id and container.state == ContainerState.RUNNING:
                     await self.ctx.runtime.stop_container(container.id, 0)
-            await self._remove_sandbox(pod, sandbox)
+            if index == 0:
+                await self._stop_sandbox(pod, sandbox)
+            else:
+                await self._remove_sandbox(pod, sandbox)
 
-    async def _remove_sandbox(self, pod: dict[str, Any] | None, sandbox: SandboxStatus) -> None:
+    async def _stop_sandbox(self, pod: dict[str, Any] | None, sandbox: SandboxStatus) -> None:
         await self.ctx.runtime.stop_sandbox(sandbox.id)
         if sandbox.network_namespace_path:
             await self.ctx.runtime.blocking(
                 self.ctx.network.teardown, self._network_request(pod or {}, sandbox)
             )
+
+    async def _remove_sandbox(self, pod: dict[str, Any] | None, sandbox: SandboxStatus) -> None:
+        await self._stop_sandbox(pod, sandbox)
         await self.ctx.runtime.remove_sandbox(sandbox.id)
 
     # -- containers ----------------------------------------------------------------------------

@@ -76,8 +76,9 @@ def pick_container(pod: dict[str, Any], requested: str) -> str:
     return requested
 
 
-class _LineQueue:
-    """A bounded hand-off from a reader thread to the stream's task."""
+class _Handoff:
+    """A bounded hand-off from a reader thread to a stream's task; put() gives up once
+    the stream went away, so no reader thread is left blocked."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -153,7 +154,7 @@ class KubeletService(streams_pb2_grpc.KubeletServicer):
             await abort(context, err)
             return
         loop = asyncio.get_running_loop()
-        lines = _LineQueue(loop)
+        lines = _Handoff(loop)
         follow = request.follow and not request.previous and latest.state == ContainerState.RUNNING
         thread = threading.Thread(
             target=self._read_logs,
@@ -193,7 +194,7 @@ class KubeletService(streams_pb2_grpc.KubeletServicer):
 
     def _read_logs(
         self,
-        lines: _LineQueue,
+        lines: _Handoff,
         path: Path,
         request: streams_pb2.LogsRequest,
         follow_id: str | None,
@@ -215,7 +216,7 @@ class KubeletService(streams_pb2_grpc.KubeletServicer):
         finally:
             lines.put(_END)
 
-    def _done(self, container_id: str, lines: _LineQueue) -> Callable[[], bool]:
+    def _done(self, container_id: str, lines: _Handoff) -> Callable[[], bool]:
         last = [0.0, False]
 
         def done() -> bool:
@@ -292,8 +293,7 @@ class _ExecPump:
     def __init__(self, session: ExecSession, runtime: AsyncRuntime) -> None:
         self._session = session
         self._runtime = runtime
-        self._loop = asyncio.get_running_loop()
-        self._out: asyncio.Queue[Any] = asyncio.Queue(256)
+        self._out = _Handoff(asyncio.get_running_loop())
         self._stdin_fd = session.terminal if session.terminal is not None else session.stdin
         self._stdin_open = self._stdin_fd is not None
 
@@ -306,11 +306,10 @@ class _ExecPump:
                     if err.errno == errno.EINTR:
                         continue
                     break  # EIO: the pty's other side is closed
-                if not data:
+                if not data or not self._out.put((stream, data)):
                     break
-                asyncio.run_coroutine_threadsafe(self._out.put((stream, data)), self._loop).result()
         finally:
-            asyncio.run_coroutine_threadsafe(self._out.put((stream, None)), self._loop).result()
+            self._out.put((stream, None))
 
     async def _pump_input(self, requests: AsyncIterator[streams_pb2.ExecRequest]) -> None:
         async for request in requests:
@@ -351,7 +350,7 @@ class _ExecPump:
         try:
             open_streams = len(readers)
             while open_streams:
-                stream, data = await self._out.get()
+                stream, data = await self._out.queue.get()
                 if data is None:
                     open_streams -= 1
                 elif stream == "stdout":
@@ -365,6 +364,7 @@ class _ExecPump:
             yield streams_pb2.ExecResponse(exit_code=exit_code if exit_code is not None else 137)
         finally:
             feeding.cancel()
+            self._out.cancelled.set()
             if exit_code is None:
                 session.kill()
             await self._runtime.blocking(_join_then_close, readers, session)

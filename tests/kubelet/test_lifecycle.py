@@ -274,3 +274,37 @@ async def _wait_file_text(path: Path, text: str, timeout: float = 30) -> None:
         await asyncio.wait_for(poll(), timeout)
     except TimeoutError:
         pytest.fail(f"{path} never contained {text!r}")
+
+
+@pytest.mark.parametrize(
+    "policy,expected", [("Always", "Running"), ("Never", "Failed")], ids=["always", "never"]
+)
+async def test_lost_sandbox_is_replaced_or_ends_the_pod(client, kubelet, policy, expected):
+    node = kubelet.config.node_name
+    created = await client.create(
+        "pods", pod("boxed", node, sh("main", "sleep 3600"), restartPolicy=policy)
+    )
+    await wait_pod(client, "boxed", running, what="Running")
+    held = (await kubelet.runtime.fresh()).pod(created["metadata"]["uid"])
+    old_sandbox = held.ready_sandbox()
+    assert old_sandbox is not None
+    # What a node reboot does to a sandbox: its namespaces and processes are gone.
+    await asyncio.to_thread(kubelet.runtime.runtime.stop_sandbox, old_sandbox.id)
+    if expected == "Running":
+        current = await wait_pod(
+            client,
+            "boxed",
+            lambda p: (
+                running(p)
+                and container_status(p, "main").get("restartCount") == 1
+                and "running" in container_status(p, "main").get("state", {})
+            ),
+            what="running again in a new sandbox",
+        )
+        held = (await kubelet.runtime.fresh()).pod(created["metadata"]["uid"])
+        assert [s.id for s in held.sandboxes] != [old_sandbox.id]
+        last = container_status(current, "main")["lastState"]["terminated"]
+        assert last["exitCode"] == 137  # killed with its sandbox, and still reported
+    else:
+        current = await wait_pod(client, "boxed", phase_is("Failed"), what="Failed")
+        assert container_status(current, "main")["restartCount"] == 0
