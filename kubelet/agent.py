@@ -29,7 +29,7 @@ from typing import Any
 from kubelet import labels as kl
 from kubelet.backoff import Backoff
 from kubelet.config import KubeletConfig
-from kubelet.cri import AsyncRuntime, RuntimeSnapshot
+from kubelet.cri import AsyncRuntime, PodRuntime, RuntimeSnapshot
 from kubelet.dns import read_host_resolv
 from kubelet.imagemanager import ImageManager
 from kubelet.images import (
@@ -106,6 +106,14 @@ def new_runtime(config: KubeletConfig) -> ContainerRuntime:
 
         return RuncRuntime(options)
     return NativeRuntime(options)
+
+
+def runtime_view(held: PodRuntime) -> frozenset[tuple[str, str]]:
+    """What a relist says of one Pod, to compare with what its worker last acted on."""
+    return frozenset(
+        [(c.id, c.state.value) for c in held.containers]
+        + [("sandbox:" + s.id, s.state.value) for s in held.sandboxes]
+    )
 
 
 class Kubelet:
@@ -453,7 +461,10 @@ class Kubelet:
         changed |= {uid for key, (uid, _) in self._previous.items() if key not in current}
         self._previous = current
         for uid in changed:
-            self.wake(uid)
+            worker = self.workers.get(uid)
+            # A worker that already saw exactly this (it made the change itself) is left be.
+            if worker is not None and worker.seen != runtime_view(snapshot.pod(uid)):
+                worker.wake()
         self.metrics.running_pods.set(running_pods)
         for state in ContainerState:
             self.metrics.running_containers.labels(state.value).set(states.get(state.value, 0))

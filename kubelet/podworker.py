@@ -119,6 +119,7 @@ class PodWorker:
         self._terminal_done = False
         self._failures = 0
         self._created: list[ContainerId] = []  # made in this sync, not yet in `state`
+        self.seen: frozenset[tuple[str, str]] = frozenset()  # the runtime state last acted on
         self.finished = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.log = log.bind(pod=self._ref(pod), uid=uid)
