@@ -270,13 +270,7 @@ class Kubelet:
             ("ConfigMap", self.configmap_informer),
             ("Secret", self.secret_informer),
         ):
-            informer.add_handlers(
-                Handlers(
-                    on_add=lambda obj, k=kind: self._source_changed(k, obj),
-                    on_update=lambda _old, new, k=kind: self._source_changed(k, new),
-                    on_delete=lambda obj, k=kind: self._source_changed(k, obj),
-                )
-            )
+            informer.add_handlers(self._source_handlers(kind))
         informers = (self.node_informer, self.configmap_informer, self.secret_informer, self.pods)
         for informer in informers:
             informer.start()
@@ -406,6 +400,12 @@ class Kubelet:
         )
         self.recorder.event(pod, WARNING, "OutOfpods", message)
         return False
+
+    def _source_handlers(self, kind: str) -> Handlers:
+        def changed(obj: Obj) -> None:
+            self._source_changed(kind, obj)
+
+        return Handlers(on_add=changed, on_update=lambda _old, new: changed(new), on_delete=changed)
 
     def _source_changed(self, kind: str, obj: Obj) -> None:
         """A ConfigMap or Secret changed: wake the Pods that read it."""

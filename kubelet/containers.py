@@ -52,12 +52,19 @@ def qos_class(pod: dict[str, Any]) -> str:
         if requests or limits:
             any_set = True
         for name in ("cpu", "memory"):
-            limit, request = limits.get(name), requests.get(name, limits.get(name))
-            if limit is None or quantity.parse_quantity(limit) != quantity.parse_quantity(request):
+            if not _equal_request_and_limit(requests, limits, name):
                 guaranteed = False
     if not any_set:
         return "BestEffort"
     return "Guaranteed" if guaranteed else "Burstable"
+
+
+def _equal_request_and_limit(requests: dict, limits: dict, name: str) -> bool:
+    limit = limits.get(name)
+    request = requests.get(name, limit)
+    if limit is None or request is None:
+        return False
+    return quantity.parse_quantity(limit) == quantity.parse_quantity(request)
 
 
 def oom_score_adj(pod: dict[str, Any], container: dict[str, Any], memory_capacity: int) -> int:

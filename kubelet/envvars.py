@@ -192,7 +192,7 @@ def field_value(pod: dict[str, Any], path: str, context: EnvContext) -> str:
 def resource_value(
     pod: dict[str, Any], container: dict[str, Any], ref: dict[str, Any], context: EnvContext
 ) -> str:
-    target = container
+    target: dict[str, Any] | None = container
     if ref.get("containerName"):
         target = next(
             (
@@ -209,6 +209,7 @@ def resource_value(
     kind, _, name = resource.partition(".")
     if kind not in ("limits", "requests") or name not in ("cpu", "memory", "ephemeral-storage"):
         raise EnvError(f"resourceFieldRef: unsupported resource {resource!r}")
+    assert target is not None
     amounts = (target.get("resources") or {}).get(kind) or {}
     if name in amounts:
         amount = quantity.parse_quantity(amounts[name])

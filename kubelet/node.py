@@ -228,9 +228,13 @@ def with_times(
     old = {c.get("type"): c for c in previous}
     out = []
     for condition in wanted:
-        before = old.get(condition["type"])
-        moved = before is None or before.get("status") != condition["status"]
-        transition = rfc3339(now) if moved else before.get("lastTransitionTime") or rfc3339(now)
+        before = old.get(condition["type"]) or {}
+        kept = (
+            before.get("lastTransitionTime")
+            if before.get("status") == condition["status"]
+            else None
+        )
+        transition = kept or rfc3339(now)
         out.append(
             {**condition, "lastHeartbeatTime": rfc3339(now), "lastTransitionTime": transition}
         )
@@ -387,7 +391,7 @@ class NodeAgent:
             delay = min(delay * 2, 7.0)
 
     async def _register_once(self) -> dict[str, Any]:
-        body = {
+        body: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {"name": self.name, "labels": self.labels()},

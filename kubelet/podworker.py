@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from kubelet import status as podstatus
 from kubelet.backoff import Backoff
 from kubelet.config import KubeletConfig
 from kubelet.cri import AsyncRuntime, PodRuntime
-from kubelet.envvars import EnvContext, EnvError, container_env
+from kubelet.envvars import EnvContext, EnvError, Sources, container_env
 from kubelet.imagemanager import ImageManager, ImageWaiting
 from kubelet.metrics import KubeletMetrics
 from kubelet.network import NetworkError, PodNetwork, PodNetworkRequest, PortMapping
@@ -92,10 +93,10 @@ class WorkerContext:
     recorder: EventRecorder
     clock: Clock
     metrics: KubeletMetrics
-    configmaps: Any  # ConfigMaps and Secrets: envvars.Sources
+    configmaps: Sources  # ConfigMaps and Secrets, from the informers
     restart_backoff: Backoff
-    node: Any  # a callable returning NodeFacts
-    host_resolv: Any  # a callable returning dns.HostResolv
+    node: Callable[[], NodeFacts]  # kept current by the node agent
+    host_resolv: Callable[[], kdns.HostResolv]
 
     def log_dir(self, pod: dict[str, Any]) -> Path:
         meta = pod["metadata"]
