@@ -39,6 +39,7 @@ from kubelet import containers as cspec
 from kubelet import dns as kdns
 from kubelet import labels as kl
 from kubelet import status as podstatus
+from kubelet import termination
 from kubelet.backoff import Backoff
 from kubelet.config import KubeletConfig
 from kubelet.cri import AsyncRuntime, PodRuntime
@@ -121,6 +122,7 @@ class PodWorker:
         self._failures = 0
         self._created: list[ContainerId] = []  # made in this sync, not yet in `state`
         self.seen: frozenset[tuple[str, str]] = frozenset()  # the runtime state last acted on
+        self._messages = termination.Messages()
         self.finished = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.log = log.bind(pod=self._ref(pod), uid=uid)
@@ -504,6 +506,10 @@ class PodWorker:
             mounts = await self.ctx.runtime.blocking(
                 self.ctx.volumes.mounts_for, container, volumes, env
             )
+            message_mount = await self.ctx.runtime.blocking(
+                termination.prepare, self.ctx.volumes.pod_dir(self.uid), container, attempt
+            )
+            mounts = (*mounts, message_mount)
             config = cspec.container_config(
                 pod,
                 container,
@@ -714,6 +720,7 @@ class PodWorker:
         self, pod: dict[str, Any], state: PodRuntime, field: str, *, init_done: bool
     ) -> list[podstatus.ContainerView]:
         views = []
+        pod_dir = self.ctx.volumes.pod_dir(self.uid)
         for container in pod.get("spec", {}).get(field) or []:
             name = container["name"]
             instances = state.instances(name)
@@ -739,6 +746,8 @@ class PodWorker:
                     image=(latest.annotations.get(kl.IMAGE) if latest else "")
                     or self.ctx.images.normalized(container.get("image", "")),
                     image_id=latest.annotations.get(kl.IMAGE_ID, "") if latest else "",
+                    latest_message=self._messages.of(pod_dir, container, latest),
+                    previous_message=self._messages.of(pod_dir, container, previous),
                 )
             )
         return views

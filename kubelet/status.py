@@ -38,6 +38,8 @@ class ContainerView:
     started: bool = False
     image: str = ""
     image_id: str = ""
+    latest_message: str = ""  # termination messages (termination.py) of the two instances
+    previous_message: str = ""
 
     @property
     def name(self) -> str:
@@ -60,14 +62,14 @@ def container_id(status: ContainerStatus) -> str:
     return ID_PREFIX + status.id
 
 
-def terminated(status: ContainerStatus) -> dict[str, Any]:
+def terminated(status: ContainerStatus, message: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {
         "exitCode": status.exit_code if status.exit_code is not None else 0,
         "reason": status.reason or ("Completed" if status.exit_code == 0 else "Error"),
         "containerID": container_id(status),
     }
-    if status.message:
-        out["message"] = status.message
+    if message or status.message:
+        out["message"] = message or status.message
     if status.started_at is not None:
         out["startedAt"] = rfc3339(status.started_at)
     if status.finished_at is not None:
@@ -85,15 +87,15 @@ def container_status(view: ContainerView) -> dict[str, Any]:
     elif latest.state == ContainerState.RUNNING:
         state = {"running": {"startedAt": rfc3339(latest.started_at or latest.created_at)}}
         if previous is not None and previous.state == ContainerState.EXITED:
-            last = {"terminated": terminated(previous)}
+            last = {"terminated": terminated(previous, view.previous_message)}
     elif latest.state == ContainerState.EXITED:
         if view.waiting is not None:
             state = {"waiting": _waiting(*view.waiting)}
-            last = {"terminated": terminated(latest)}
+            last = {"terminated": terminated(latest, view.latest_message)}
         else:
-            state = {"terminated": terminated(latest)}
+            state = {"terminated": terminated(latest, view.latest_message)}
             if previous is not None and previous.state == ContainerState.EXITED:
-                last = {"terminated": terminated(previous)}
+                last = {"terminated": terminated(previous, view.previous_message)}
     else:
         reason, message = view.waiting or ("ContainerCreating", "")
         state = {"waiting": _waiting(reason, message)}

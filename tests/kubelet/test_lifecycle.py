@@ -308,3 +308,32 @@ async def test_lost_sandbox_is_replaced_or_ends_the_pod(client, kubelet, policy,
     else:
         current = await wait_pod(client, "boxed", phase_is("Failed"), what="Failed")
         assert container_status(current, "main")["restartCount"] == 0
+
+
+MESSAGES = [
+    ("file", "echo -n 'disk full' > /dev/termination-log; exit 2", {}, "disk full"),
+    (
+        "custom-path",
+        "echo -n done > /tmp/why; exit 0",
+        {"terminationMessagePath": "/tmp/why"},
+        "done",
+    ),
+    (
+        "fallback-to-logs",
+        "echo first; echo 'last words'; exit 1",
+        {"terminationMessagePolicy": "FallbackToLogsOnError"},
+        "first\nlast words\n",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "script,fields,message", [m[1:] for m in MESSAGES], ids=[m[0] for m in MESSAGES]
+)
+async def test_termination_message(client, kubelet, script, fields, message):
+    spec = pod(
+        "ending", kubelet.config.node_name, sh("main", script, **fields), restartPolicy="Never"
+    )
+    await client.create("pods", spec)
+    done = await wait_pod(client, "ending", phase_is("Succeeded", "Failed"), what="finished")
+    assert container_status(done, "main")["state"]["terminated"]["message"] == message
