@@ -127,10 +127,11 @@ async def _watchers(address: str, watchers: int, events: int, ready, results) ->
                 continue
             # The creator stamps the wall time into the object; read it without a full decode.
             raw = event.object
-            at = raw.find(b'"sent": "')
+            at = raw.find(b'"sent":')
             if at < 0:
                 continue
-            sent = float(raw[at + 9 : raw.index(b'"', at + 9)])
+            start = raw.index(b'"', at + 7) + 1
+            sent = float(raw[start : raw.index(b'"', start)])
             latencies.append(time.time() - sent)
             seen += 1
             if seen == events:
