@@ -170,6 +170,7 @@ class Kubelet:
         # the memory and what a compromised node can read.
         self.configmap_informer = Informer(self.client, "configmaps", clock=self.clock)
         self.secret_informer = Informer(self.client, "secrets", clock=self.clock)
+        self.service_informer = Informer(self.client, "services", clock=self.clock)
         sources = _Sources(self.configmap_informer, self.secret_informer)
         self.node_informer = Informer(
             self.client,
@@ -214,6 +215,7 @@ class Kubelet:
             configmaps=sources,
             restart_backoff=Backoff(config.restart_backoff, clock=self.clock),
             node=self.node.facts,
+            services=self._services_for,
             host_resolv=lambda: read_host_resolv(config.resolv_conf),
         )
         self.service = KubeletService(pods=self._pod_by_name, runtime=self.runtime)
@@ -239,6 +241,14 @@ class Kubelet:
     def _pod_by_uid(self, uid: str) -> Obj | None:
         found = self.pods.by_index("uid", uid)
         return found[0] if found else None
+
+    def _services_for(self, namespace: str) -> list[Obj]:
+        """Services whose links a Pod of namespace gets: its own, and default/kubernetes."""
+        services = self.service_informer.list(namespace=namespace)
+        api = self.service_informer.get("kubernetes", "default")
+        if api is not None and namespace != "default":
+            services.append(api)
+        return services
 
     def _pod_by_name(self, namespace: str, name: str) -> Obj | None:
         return self.pods.get(name, namespace)
@@ -271,7 +281,13 @@ class Kubelet:
             ("Secret", self.secret_informer),
         ):
             informer.add_handlers(self._source_handlers(kind))
-        informers = (self.node_informer, self.configmap_informer, self.secret_informer, self.pods)
+        informers = (
+            self.node_informer,
+            self.configmap_informer,
+            self.secret_informer,
+            self.service_informer,
+            self.pods,
+        )
         for informer in informers:
             informer.start()
         await asyncio.gather(*(informer.wait_synced() for informer in informers))
@@ -312,6 +328,7 @@ class Kubelet:
             self.pods,
             self.configmap_informer,
             self.secret_informer,
+            self.service_informer,
             self.node_informer,
         ):
             await informer.stop()

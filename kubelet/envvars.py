@@ -1,6 +1,9 @@
 """A container's environment as Kubernetes builds it, and $(VAR) expansion.
 
-Order: every envFrom source in turn (a ConfigMap's keys, with the source's prefix; keys
+Order: the service links first (for each Service of the Pod's namespace with a cluster IP,
+and the `kubernetes` Service of `default`, Docker-link style variables such as
+WEB_SERVICE_HOST and WEB_PORT_80_TCP, unless enableServiceLinks is false), then every
+envFrom source in turn (a ConfigMap's keys, with the source's prefix; keys
 that are not valid variable names are skipped), then `env` in order, later names
 replacing earlier ones. A value may refer to variables defined before it as $(NAME);
 `$$` is a literal `$`, and a reference to an undefined name is left as written. The same
@@ -87,15 +90,46 @@ def expand(text: str, env: dict[str, str]) -> str:
     return "".join(out)
 
 
+def service_env(services: list[dict[str, Any]]) -> dict[str, str]:
+    """The Docker-link variables Kubernetes gives a container for each Service."""
+    env: dict[str, str] = {}
+    for service in sorted(services, key=lambda s: s.get("metadata", {}).get("name", "")):
+        spec = service.get("spec") or {}
+        ip = spec.get("clusterIP", "")
+        ports = spec.get("ports") or []
+        if not ip or ip == "None" or not ports:
+            continue
+        name = service["metadata"]["name"].upper().replace("-", "_")
+        env[f"{name}_SERVICE_HOST"] = ip
+        env[f"{name}_SERVICE_PORT"] = str(ports[0].get("port"))
+        for port in ports:
+            if port.get("name"):
+                key = port["name"].upper().replace("-", "_")
+                env[f"{name}_SERVICE_PORT_{key}"] = str(port.get("port"))
+        first = ports[0]
+        env[f"{name}_PORT"] = f"{first.get('protocol', 'TCP').lower()}://{ip}:{first.get('port')}"
+        for port in ports:
+            protocol = port.get("protocol", "TCP")
+            prefix = f"{name}_PORT_{port.get('port')}_{protocol}"
+            env[prefix] = f"{protocol.lower()}://{ip}:{port.get('port')}"
+            env[f"{prefix}_PROTO"] = protocol.lower()
+            env[f"{prefix}_PORT"] = str(port.get("port"))
+            env[f"{prefix}_ADDR"] = ip
+    return env
+
+
 def container_env(
     pod: dict[str, Any],
     container: dict[str, Any],
     *,
     context: EnvContext,
     configmaps: Sources,
+    services: list[dict[str, Any]] | None = None,
 ) -> dict[str, str]:
     namespace = pod.get("metadata", {}).get("namespace", "default")
     env: dict[str, str] = {}
+    if pod.get("spec", {}).get("enableServiceLinks", True) and services:
+        env.update(service_env(services))
     for index, source in enumerate(container.get("envFrom") or []):
         env.update(_env_from(source, namespace, configmaps, where=f"envFrom[{index}]"))
     for var in container.get("env") or []:

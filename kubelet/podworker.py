@@ -59,7 +59,7 @@ from kubelet.statusmanager import StatusManager
 from kubelet.volumes import Volume, VolumeError, VolumeManager
 from machinery import errors
 from machinery.client import ApiClient
-from machinery.clock import Clock
+from machinery.clock import Clock, parse_rfc3339
 from machinery.events import NORMAL, WARNING, EventRecorder
 from machinery.log import get_logger
 
@@ -97,6 +97,7 @@ class WorkerContext:
     configmaps: Sources  # ConfigMaps and Secrets, from the informers
     restart_backoff: Backoff
     node: Callable[[], NodeFacts]  # kept current by the node agent
+    services: Callable[[str], list[dict[str, Any]]]  # a namespace's Services, for env
     host_resolv: Callable[[], kdns.HostResolv]
 
     def log_dir(self, pod: dict[str, Any]) -> Path:
@@ -152,8 +153,9 @@ class PodWorker:
     def wake_after(self, delay: float) -> None:
         loop = asyncio.get_running_loop()
         due = loop.time() + max(0.0, delay)
-        if self._timer is not None and not self._timer.cancelled() and self._timer_due <= due:
-            return
+        pending = self._timer is not None and self._timer_due > loop.time()
+        if pending and self._timer_due <= due:
+            return  # an earlier wake-up is already due
         if self._timer is not None:
             self._timer.cancel()
         self._timer_due = due
@@ -205,6 +207,12 @@ class PodWorker:
             return False
         if not self._seeded:
             self._seed_probes(pod, state)
+        left = self._deadline_left(pod)
+        if left is not None and left <= 0:
+            await self._deadline_exceeded(pod, state)
+            return False
+        if left is not None:
+            self.wake_after(left)
 
         # Volumes, then the sandbox.
         try:
@@ -247,6 +255,39 @@ class PodWorker:
         if status["phase"] in ("Succeeded", "Failed"):
             await self._finish_terminal(state)
         return False
+
+    def _deadline_left(self, pod: dict[str, Any]) -> float | None:
+        """Seconds the Pod may still run under activeDeadlineSeconds, or None without one."""
+        deadline = pod.get("spec", {}).get("activeDeadlineSeconds")
+        if not deadline:
+            return None
+        started = ((self.ctx.statuses.wanted(self.uid) or {}).get("startTime")) or (
+            (pod.get("status") or {}).get("startTime")
+        )
+        begun = parse_rfc3339(started) if started else self.ctx.clock.now()
+        return begun + deadline - self.ctx.clock.now()
+
+    async def _deadline_exceeded(self, pod: dict[str, Any], state: PodRuntime) -> None:
+        message = "Pod was active on the node longer than the specified deadline"
+        self._event(WARNING, "DeadlineExceeded", message)
+        specs = {c["name"]: c for c in _all_containers(pod)}
+        sandbox = state.ready_sandbox()
+        await asyncio.gather(
+            *(
+                self._kill(
+                    pod,
+                    specs.get(c.labels.get(kl.CONTAINER_NAME, "")),
+                    c,
+                    _grace(pod),
+                    f"Stopping container {c.labels.get(kl.CONTAINER_NAME, c.name)}",
+                    sandbox=sandbox,
+                )
+                for c in state.running()
+            )
+        )
+        stopped = (await self.ctx.runtime.fresh()).pod(self.uid)
+        self._publish(pod, stopped, None, failure=("DeadlineExceeded", message))
+        await self._finish_terminal(stopped)
 
     def _init_done(self, pod: dict[str, Any], state: PodRuntime, sandbox: SandboxStatus) -> bool:
         spec = pod.get("spec", {})
@@ -502,6 +543,7 @@ class PodWorker:
                 container,
                 context=self._env_context(pod, sandbox),
                 configmaps=self.ctx.configmaps,
+                services=self.ctx.services(pod["metadata"].get("namespace", "default")),
             )
             mounts = await self.ctx.runtime.blocking(
                 self.ctx.volumes.mounts_for, container, volumes, env
@@ -759,7 +801,10 @@ class PodWorker:
         sandbox: SandboxStatus | None,
         *,
         final: bool = False,
+        failure: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
+        """Compute and hand over the status; `final` ends the Pod by what its containers
+        did, `failure` (reason, message) ends it Failed for the kubelet's own reason."""
         base = dict(pod)
         base["status"] = self.ctx.statuses.wanted(self.uid) or pod.get("status") or {}
         if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
@@ -774,6 +819,8 @@ class PodWorker:
             final_phase = (
                 "Succeeded" if app_views and all(v.succeeded for v in app_views) else ("Failed")
             )
+        if failure is not None:
+            final_phase = "Failed"
         status = podstatus.pod_status(
             base,
             init=init_views,
@@ -786,6 +833,8 @@ class PodWorker:
             now=self.ctx.clock.now(),
             final_phase=final_phase,
         )
+        if failure is not None:
+            status["reason"], status["message"] = failure
         self.ctx.statuses.set(self.uid, status)
         if (
             not self._start_recorded

@@ -733,3 +733,35 @@ def test_pick_container_errors_name_the_choices():
         pick_container(pod, "")
     with pytest.raises(BadRequest, match="container zz is not valid for pod p"):
         pick_container(pod, "zz")
+
+
+def test_service_links():
+    from kubelet.envvars import service_env
+
+    services = [
+        {
+            "metadata": {"name": "db"},
+            "spec": {
+                "clusterIP": "10.96.0.7",
+                "ports": [
+                    {"name": "pg", "port": 5432, "protocol": "TCP"},
+                    {"port": 9187, "protocol": "TCP"},
+                ],
+            },
+        },
+        {"metadata": {"name": "headless"}, "spec": {"clusterIP": "None", "ports": [{"port": 1}]}},
+    ]
+    assert service_env(services) == {
+        "DB_SERVICE_HOST": "10.96.0.7",
+        "DB_SERVICE_PORT": "5432",
+        "DB_SERVICE_PORT_PG": "5432",
+        "DB_PORT": "tcp://10.96.0.7:5432",
+        "DB_PORT_5432_TCP": "tcp://10.96.0.7:5432",
+        "DB_PORT_5432_TCP_PROTO": "tcp",
+        "DB_PORT_5432_TCP_PORT": "5432",
+        "DB_PORT_5432_TCP_ADDR": "10.96.0.7",
+        "DB_PORT_9187_TCP": "tcp://10.96.0.7:9187",
+        "DB_PORT_9187_TCP_PROTO": "tcp",
+        "DB_PORT_9187_TCP_PORT": "9187",
+        "DB_PORT_9187_TCP_ADDR": "10.96.0.7",
+    }

@@ -337,3 +337,14 @@ async def test_termination_message(client, kubelet, script, fields, message):
     await client.create("pods", spec)
     done = await wait_pod(client, "ending", phase_is("Succeeded", "Failed"), what="finished")
     assert container_status(done, "main")["state"]["terminated"]["message"] == message
+
+
+async def test_active_deadline_fails_the_pod(client, kubelet):
+    spec = pod(
+        "bounded", kubelet.config.node_name, sh("main", "sleep 3600"), activeDeadlineSeconds=2
+    )
+    await client.create("pods", spec)
+    done = await wait_pod(client, "bounded", phase_is("Failed"), what="Failed")
+    assert done["status"]["reason"] == "DeadlineExceeded"
+    assert "deadline" in done["status"]["message"]
+    assert "terminated" in container_status(done, "main")["state"]

@@ -349,3 +349,29 @@ async def test_secret_downward_and_projected_volumes(client, kubelet, apiserver)
         namespace="default",
     )
     await until_output(apiserver, "secretive", ["cat", "/info/labels"], 'tier="gold"')
+
+
+async def test_service_links_in_the_environment(client, kubelet, apiserver):
+    service = await client.create(
+        "services",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web-front", "namespace": "default"},
+            "spec": {"selector": {"app": "x"}, "ports": [{"name": "http", "port": 80}]},
+        },
+    )
+    ip = service["spec"]["clusterIP"]
+    await client.create("pods", pod("linked", kubelet.config.node_name))
+    await client.create("pods", pod("unlinked", kubelet.config.node_name, enableServiceLinks=False))
+    await wait_pod(client, "linked", running, what="Running")
+    await wait_pod(client, "unlinked", running, what="Running")
+    env, _ = await exec_output(apiserver, "linked", "env")
+    variables = dict(line.split("=", 1) for line in env.splitlines() if "=" in line)
+    assert variables["WEB_FRONT_SERVICE_HOST"] == ip
+    assert variables["WEB_FRONT_SERVICE_PORT"] == "80"
+    assert variables["WEB_FRONT_SERVICE_PORT_HTTP"] == "80"
+    assert variables["WEB_FRONT_PORT"] == f"tcp://{ip}:80"
+    assert variables["WEB_FRONT_PORT_80_TCP_ADDR"] == ip
+    env, _ = await exec_output(apiserver, "unlinked", "env")
+    assert "WEB_FRONT_SERVICE_HOST" not in env
