@@ -207,42 +207,19 @@ class PodWorker:
             return False
         if not self._seeded:
             self._seed_probes(pod, state)
-        left = self._deadline_left(pod)
-        if left is not None and left <= 0:
-            await self._deadline_exceeded(pod, state)
+        if await self._enforce_deadline(pod, state):
             return False
-        if left is not None:
-            self.wake_after(left)
 
         # Volumes, then the sandbox.
-        try:
-            volumes = await self.ctx.runtime.blocking(
-                self.ctx.volumes.setup, pod, self._env_context(pod, state.ready_sandbox())
-            )
-        except (VolumeError, OSError) as err:
-            self._event(WARNING, "FailedMount", f"MountVolume.SetUp failed: {err}")
-            self._publish(pod, state, None)
-            self.wake_after(2.0)
+        volumes = await self._setup_volumes(pod, state)
+        if volumes is None:
             return False
-        sandbox = state.ready_sandbox()
-        if sandbox is None and state.containers and pod["spec"].get("restartPolicy") == "Never":
-            # The sandbox went away (a node reboot) after the containers ran: under Never
-            # nothing runs again, and the Pod ends with what its containers did.
-            self._publish(pod, state, None, final=True)
-            await self._finish_terminal(state)
+        ready = await self._ensure_sandbox(pod, state)
+        if ready is None:
             return False
-        if sandbox is None:
-            sandbox = await self._new_sandbox(pod, state)
-            if sandbox is None:
-                self._publish(pod, (await self.ctx.runtime.fresh()).pod(self.uid), None)
-                self.wake_after(2.0)
-                return False
-            if state.sandboxes:
-                state = (await self.ctx.runtime.fresh()).pod(self.uid)  # a kept stale box
-            else:
-                state = PodRuntime((sandbox,), ())
+        sandbox, state = ready
 
-        # Containers: init in order, then the app containers.
+        # Containers: init in order, then the app containers; then the status.
         changed = False
         if not self._init_done(pod, state, sandbox):
             changed = await self._sync_init(pod, state, sandbox, volumes)
@@ -255,6 +232,52 @@ class PodWorker:
         if status["phase"] in ("Succeeded", "Failed"):
             await self._finish_terminal(state)
         return False
+
+    async def _enforce_deadline(self, pod: dict[str, Any], state: PodRuntime) -> bool:
+        """End the Pod past its activeDeadlineSeconds (True), else wake up when it comes."""
+        left = self._deadline_left(pod)
+        if left is None:
+            return False
+        if left <= 0:
+            await self._deadline_exceeded(pod, state)
+            return True
+        self.wake_after(left)
+        return False
+
+    async def _setup_volumes(
+        self, pod: dict[str, Any], state: PodRuntime
+    ) -> dict[str, Volume] | None:
+        try:
+            return await self.ctx.runtime.blocking(
+                self.ctx.volumes.setup, pod, self._env_context(pod, state.ready_sandbox())
+            )
+        except (VolumeError, OSError) as err:
+            self._event(WARNING, "FailedMount", f"MountVolume.SetUp failed: {err}")
+            self._publish(pod, state, None)
+            self.wake_after(2.0)
+            return None
+
+    async def _ensure_sandbox(
+        self, pod: dict[str, Any], state: PodRuntime
+    ) -> tuple[SandboxStatus, PodRuntime] | None:
+        """The ready sandbox and the state with it; None when there is none to run in."""
+        sandbox = state.ready_sandbox()
+        if sandbox is not None:
+            return sandbox, state
+        if state.containers and pod["spec"].get("restartPolicy") == "Never":
+            # The sandbox went away (a node reboot) after the containers ran: under Never
+            # nothing runs again, and the Pod ends with what its containers did.
+            self._publish(pod, state, None, final=True)
+            await self._finish_terminal(state)
+            return None
+        sandbox = await self._new_sandbox(pod, state)
+        if sandbox is None:
+            self._publish(pod, (await self.ctx.runtime.fresh()).pod(self.uid), None)
+            self.wake_after(2.0)
+            return None
+        if state.sandboxes:
+            return sandbox, (await self.ctx.runtime.fresh()).pod(self.uid)  # a kept stale box
+        return sandbox, PodRuntime((sandbox,), ())
 
     def _deadline_left(self, pod: dict[str, Any]) -> float | None:
         """Seconds the Pod may still run under activeDeadlineSeconds, or None without one."""
