@@ -4,7 +4,9 @@ Each Kubelet gets its own CollectorRegistry so that several kubelets in one proc
 never clash over metric names; main.py serves that registry on --metrics-port. Runtime
 latencies and errors are observed by the runtime adapter (cri.py) around every call; the
 pod start latency is observed by the Pod worker when it first sees all of a Pod's
-containers running, measured from when this kubelet first saw the Pod.
+containers running, measured from when this kubelet first saw the Pod, and again from the
+Pod's creationTimestamp (which has whole-second precision, so that figure is up to a
+second high).
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ class KubeletMetrics:
         self.pod_start = Histogram(
             "kubelite_kubelet_pod_start_duration_seconds",
             "From the kubelet first seeing a Pod to all its containers observed running.",
+            buckets=_START_BUCKETS,
+            registry=r,
+        )
+        self.pod_start_since_creation = Histogram(
+            "kubelite_kubelet_pod_start_since_creation_seconds",
+            "From a Pod's creationTimestamp (whole seconds) to all its containers observed "
+            "running on this kubelet.",
             buckets=_START_BUCKETS,
             registry=r,
         )

@@ -866,6 +866,10 @@ class PodWorker:
         ):
             self._start_recorded = True
             self.ctx.metrics.pod_start.observe(time.monotonic() - self._first_seen)
+            created = pod["metadata"].get("creationTimestamp")
+            if created:
+                since = max(0.0, self.ctx.clock.now() - parse_rfc3339(created))
+                self.ctx.metrics.pod_start_since_creation.observe(since)
         return status
 
     def _seed_probes(self, pod: dict[str, Any], state: PodRuntime) -> None:

@@ -66,12 +66,15 @@ async def test_metrics_count_pod_starts_and_runtime_calls(client, kubelet):
     async def relisted() -> str:
         while True:
             text = generate_latest(kubelet.metrics.registry).decode()
-            if "kubelite_kubelet_running_pods 1.0" in text:
+            if "kubelite_kubelet_running_pods 1.0" in text and (
+                'kubelite_kubelet_running_containers{container_state="running"} 1.0' in text
+            ):
                 return text
             await asyncio.sleep(0.2)
 
     text = await asyncio.wait_for(relisted(), 30)
     assert "kubelite_kubelet_pod_start_duration_seconds_count 1.0" in text
+    assert "kubelite_kubelet_pod_start_since_creation_seconds_count 1.0" in text
     assert (
         "kubelite_kubelet_runtime_operations_duration_seconds_count{operation_type="
         '"run_podsandbox"} 1.0' in text
