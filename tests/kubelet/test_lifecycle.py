@@ -348,3 +348,17 @@ async def test_active_deadline_fails_the_pod(client, kubelet):
     assert done["status"]["reason"] == "DeadlineExceeded"
     assert "deadline" in done["status"]["message"]
     assert "terminated" in container_status(done, "main")["state"]
+
+
+async def test_memory_limit_oom_kill_is_reported(client, kubelet):
+    hog = sh(
+        "main",
+        "x=$(head -c 100000000 /dev/zero | tr '\\000' a); echo ${#x}",
+        resources={"limits": {"memory": "32Mi"}},
+    )
+    await client.create("pods", pod("hog", kubelet.config.node_name, hog, restartPolicy="Never"))
+    done = await wait_pod(client, "hog", phase_is("Failed"), what="Failed")
+    terminated = container_status(done, "main")["state"]["terminated"]
+    assert terminated["reason"] == "OOMKilled"
+    assert terminated["exitCode"] == 137
+    assert done["status"]["qosClass"] == "Burstable"  # a memory limit alone, no cpu
