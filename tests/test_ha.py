@@ -11,8 +11,10 @@ one controller manager lead, and after the whole server holding both leases
 is killed (every process, by PID) writes still succeed, the leases move to
 survivors no earlier than they expire, a new ReplicaSet gets its Pods from the
 surviving controller manager, and the agent's proxy, which was talking to the
-dead server first, programs a new Service. The agent runs its proxy only: its
-kubelet needs a registry and images that this test does not bring.
+dead server first, programs a new Service, and its kubelet, which talked to
+the same dead server first, renews its node Lease through another. The
+ReplicaSet's Pods are kept off the agent (a nodeSelector nothing matches): no
+registry or images are brought, and the Pods only need to exist.
 
 The install's decisions (address choice, --servers, tokens, unit rendering)
 are checked table-driven without any namespace, and the address choice once
@@ -58,7 +60,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Short enough to keep the test short, long enough that a loaded machine's leader
 # still renews in time.
 LEASE = LeaderElection(lease_duration=8, renew_deadline=6, retry_period=1)
-AGENT_NAME = "agent-1"
 SERVER_UNITS = ("kubelite-etcd", "kubelite-apiserver", "kubelite-controller-manager")
 
 # -- the install's decisions -------------------------------------------------------------
@@ -216,9 +217,15 @@ def test_every_rendered_unit_has_a_template() -> None:
 # -- machines as network namespaces ------------------------------------------------------
 
 
+def _in_netns(netns: str, argv: list[str]) -> list[str]:
+    # The network namespace only, as a machine's own network; `ip netns exec` would also
+    # remount /sys and hide the cgroup hierarchies from the kubelet.
+    return ["nsenter", f"--net=/run/netns/{netns}", "--", *argv]
+
+
 def _run_in(netns: str, argv: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["ip", "netns", "exec", netns, *argv],
+        _in_netns(netns, argv),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -292,7 +299,7 @@ class Machine:
         logs.mkdir(exist_ok=True)
         with open(logs / f"{unit}.log", "ab") as out:
             process = subprocess.Popen(
-                ["ip", "netns", "exec", self.netns, *self.argv(unit)],
+                _in_netns(self.netns, self.argv(unit)),
                 cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -328,6 +335,8 @@ class HA:
         self.victim = self.servers[0]
         self.etcd_leader_lost = False  # whether the victim leads etcd when it is lost
         self.server_ips = tuple(m.ip for m in self.servers)
+        # Unique per run: the kubelet's cgroups are named after its node.
+        self.agent_name = f"{name}-agent"
 
     @property
     def api_addresses(self) -> list[str]:
@@ -343,8 +352,11 @@ class HA:
         return "\n".join(f"--- vm{m.index} {unit}:\n{m.log(unit)[-3000:]}" for m in self.machines)
 
     def close(self) -> None:
+        from deploy.nodeclean import clean_node
+
         for machine in self.machines:
             machine.kill()
+        clean_node(self.agent.state / "node", f"kubelite-{self.agent_name}")
         hostnet.delete_all(self.name)
 
 
@@ -463,7 +475,7 @@ def bring_up(ha: HA) -> None:
         assert f"server {machine.ip} (interface eth0) of 3" in result.stdout
     result = _install(
         ha.agent.netns, "agent", ha.agent.state, "--servers", servers, "--token", token,
-        "--node-name", AGENT_NAME,
+        "--node-name", ha.agent_name,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert {(m.state / "join-token").read_text() for m in ha.machines} == {token + "\n"}
@@ -510,6 +522,7 @@ def start_leaders_first(ha: HA, victim: Machine) -> None:
             machine.start("kubelite-controller-manager")
             machine.start("kubelite-scheduler")
         machine.start("kubelite-dns")
+    ha.agent.start("kubelite-kubelet")
     ha.agent.start("kubelite-proxy")
 
 
@@ -536,7 +549,7 @@ def ha(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
     try:
         bring_up(testbed)
         # The server the agent talks to first is the one that will be lost.
-        first = commands.spread(testbed.server_ips, AGENT_NAME)[0]
+        first = commands.spread(testbed.server_ips, testbed.agent_name)[0]
         testbed.victim = testbed.server_at(first)
         start_leaders_first(testbed, testbed.victim)
         bootstrap = testbed.servers[1]
@@ -564,6 +577,18 @@ async def test_three_servers_are_one_cluster(ha: HA) -> None:
     async with ApiClient(ha.api_addresses, timeout=5) as api:
         cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "before"}}
         await api.create("configmaps", cm, namespace="default")
+
+        async def node_ready():
+            node = await api.get("nodes", ha.agent_name)
+            conditions = node.get("status", {}).get("conditions") or []
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+        await eventually_async(
+            node_ready,
+            timeout=60,
+            what=f"Node {ha.agent_name} Ready",
+            detail=lambda: ha.agent.log("kubelite-kubelet")[-3000:],
+        )
         dns = await api.get("endpoints", "kube-dns", namespace="kube-system")
         assert sorted(a["ip"] for a in dns["subsets"][0]["addresses"]) == sorted(ha.server_ips)
         for machine in ha.servers:
@@ -613,6 +638,7 @@ async def test_losing_a_server_leaves_the_cluster_working(ha: HA) -> None:
     # Lose the whole server: every process of it, by PID; etcd's leader goes with it
     # or stays, as the scenario says.
     move_etcd_leader(ha, victim if ha.etcd_leader_lost else survivors[0])
+    killed_at = time.time()
     victim.kill()
 
     async with ApiClient(addresses, timeout=5) as api:
@@ -651,7 +677,10 @@ async def test_losing_a_server_leaves_the_cluster_working(ha: HA) -> None:
                 "selector": {"matchLabels": {"app": "web"}},
                 "template": {
                     "metadata": {"labels": {"app": "web"}},
-                    "spec": {"containers": [{"name": "web", "image": "busybox"}]},
+                    "spec": {
+                        "nodeSelector": {"kubelite.test/nowhere": "true"},
+                        "containers": [{"name": "web", "image": "busybox"}],
+                    },
                 },
             },
         }
@@ -682,6 +711,18 @@ async def test_losing_a_server_leaves_the_cluster_working(ha: HA) -> None:
             "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
         }
         service = await retry(lambda: api.create("services", svc, namespace="default"))
+
+        # The agent's kubelet renews its node Lease through a surviving server.
+        async def lease_renewed():
+            lease = await api.get("leases", ha.agent_name, namespace="kube-node-lease")
+            return parse_rfc3339(lease["spec"]["renewTime"]) > killed_at
+
+        await eventually_async(
+            lease_renewed,
+            timeout=60,
+            what="the agent's node Lease renewed after the loss",
+            detail=lambda: ha.agent.log("kubelite-kubelet")[-3000:],
+        )
     cluster_ip = service["spec"]["clusterIP"]
 
     def programmed() -> bool:
