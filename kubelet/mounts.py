@@ -45,7 +45,8 @@ def _unescape(field: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as octal (\\040)."""
     out, i = [], 0
     while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) + 1 and field[i + 1 : i + 4].isdigit():
+        digits = field[i + 1 : i + 4]
+        if field[i] == "\\" and len(digits) == 3 and digits.isdigit():
             out.append(chr(int(field[i + 1 : i + 4], 8)))
             i += 4
         else:

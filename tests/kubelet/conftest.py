@@ -241,10 +241,9 @@ async def wait_pod(
     namespace: str = "default",
     timeout: float = 60.0,
     what: str = "",
-    seen: list[Obj] | None = None,
 ) -> Obj:
     """The Pod once predicate(pod) holds, following a watch so that no written state is
-    missed (every version seen is appended to `seen`); fails with the last status seen."""
+    missed; fails with the last status seen."""
     last: dict[str, Obj] = {}
 
     async def follow() -> Obj:
@@ -255,8 +254,6 @@ async def wait_pod(
                 await asyncio.sleep(0.1)
                 continue
             last["pod"] = current
-            if seen is not None:
-                seen.append(current)
             if predicate(current):
                 return current
             try:
@@ -268,8 +265,6 @@ async def wait_pod(
                 ):
                     if event.type in ("ADDED", "MODIFIED"):
                         last["pod"] = event.object
-                        if seen is not None:
-                            seen.append(event.object)
                         if predicate(event.object):
                             return event.object
             except (errors.Expired, errors.Unavailable):

@@ -765,3 +765,11 @@ def test_service_links():
         "DB_PORT_9187_TCP_PORT": "9187",
         "DB_PORT_9187_TCP_ADDR": "10.96.0.7",
     }
+
+
+def test_mountinfo_paths_are_unescaped():
+    from kubelet.mounts import _unescape
+
+    assert _unescape(r"/var/lib/a\040b") == "/var/lib/a b"
+    assert _unescape(r"/x\134y") == "/x\\y"
+    assert _unescape("/plain") == "/plain"
