@@ -8,6 +8,7 @@ exponent (e3, E-2). Values are kept as Fractions so that "0.1" CPU is exactly
 
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
 
@@ -45,6 +46,8 @@ def parse_quantity(value: str | int | float) -> Fraction:
     if isinstance(value, int):
         return Fraction(value)
     if isinstance(value, float):
+        if not math.isfinite(value):  # JSON's NaN and Infinity extensions
+            raise QuantityError(f"quantity {value!r} is not a finite number")
         return Fraction(str(value))
     text = str(value).strip()
     match = _QUANTITY_RE.match(text)

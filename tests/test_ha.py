@@ -214,6 +214,33 @@ def test_every_rendered_unit_has_a_template() -> None:
     assert initial.count("=http://") == 3 and "server-10-0-0-2=http://10.0.0.2:2380" in initial
 
 
+async def test_bootstrap_publishes_kube_dns_once_and_follows_the_server_list(client) -> None:
+    from deploy.roles.bootstrap import ensure_dns
+
+    first = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    assert await ensure_dns(client, first) == "created"
+    assert await ensure_dns(client, list(reversed(first))) == "unchanged"
+    assert await ensure_dns(client, first[:1]) == "updated"
+    service = await client.get("services", "kube-dns", namespace="kube-system")
+    assert service["spec"]["clusterIP"] == "10.96.0.10"
+    endpoints = await client.get("endpoints", "kube-dns", namespace="kube-system")
+    assert [a["ip"] for a in endpoints["subsets"][0]["addresses"]] == ["10.0.0.1"]
+
+
+def test_bootstrap_seeds_the_registry_once(tmp_path: pathlib.Path) -> None:
+    from deploy.registry import start_registry
+    from deploy.roles.bootstrap import seed_images
+    from machinery.registry import RegistryHosts, list_images
+
+    with start_registry(storage=tmp_path / "data", workdir=tmp_path) as registry:
+        address = registry.url.split("//", 1)[-1]
+        assert seed_images(address, 20) == ["library/busybox", "library/httpd"]
+        client = RegistryHosts(insecure=frozenset({address})).client(address)
+        before = {r.repository: r for r in list_images(client)}
+        assert seed_images(address, 20) == ["library/busybox", "library/httpd"]
+        assert {r.repository: r for r in list_images(client)} == before
+
+
 # -- machines as network namespaces ------------------------------------------------------
 
 

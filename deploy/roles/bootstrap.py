@@ -71,12 +71,7 @@ async def wait_api(api: ApiClient, timeout: float) -> None:
 
 async def ensure_dns(api: ApiClient, addresses: list[str]) -> str:
     """kube-dns and its Endpoints as wanted: 'created', 'updated' or 'unchanged'."""
-    outcome = "unchanged"
-    try:
-        await api.create("services", dns_service(), namespace=NAMESPACE)
-        outcome = "created"
-    except errors.AlreadyExists:
-        pass
+    outcome = await _ensure_service(api)
     while True:
         try:
             current = await api.get("endpoints", "kube-dns", namespace=NAMESPACE)
@@ -100,6 +95,25 @@ async def ensure_dns(api: ApiClient, addresses: list[str]) -> str:
             return "updated"
         except errors.Conflict:
             continue
+
+
+async def _ensure_service(api: ApiClient) -> str:
+    try:
+        await api.get("services", "kube-dns", namespace=NAMESPACE)
+        return "unchanged"
+    except errors.NotFound:
+        pass
+    try:
+        await api.create("services", dns_service(), namespace=NAMESPACE)
+        return "created"
+    except (errors.AlreadyExists, errors.Invalid) as err:
+        # Another server may have created it first (its address is then taken too); if
+        # not, the address belongs to another Service and the error says so.
+        try:
+            await api.get("services", "kube-dns", namespace=NAMESPACE)
+        except errors.NotFound:
+            raise err from None
+        return "unchanged"
 
 
 def seed_images(registry: str, timeout: float) -> list[str]:

@@ -430,10 +430,6 @@ def install_agent(args: argparse.Namespace) -> list[str]:
     node_name = check_node_name(args.node_name or socket.gethostname().lower())
     state_dir.mkdir(parents=True, exist_ok=True)
     choice = _choose(args, state_dir)
-    if choice.address in servers:
-        raise InstallError(
-            f"{choice.address} is a server's address: run the agent on a machine of its own"
-        )
     store_token(state_dir, token)
     config = AgentConfig(
         node_ip=choice.address,
