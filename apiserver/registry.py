@@ -372,6 +372,12 @@ class Registry:
                     f"the resourceVersion {revision} of this list is too old: it was compacted; "
                     "list again without a continue token",
                 ) from err
+            except st.FutureRevision:
+                # Versions come from this server's answers; a newer one was made up.
+                raise errors.BadRequest(
+                    f"the resourceVersion {revision} of this list is newer than any the "
+                    "server has written"
+                ) from None
             except st.StoreUnavailable as err:
                 raise errors.Unavailable(str(err)) from err
             # etcd's header names its current revision; a read at a fixed one stays there.
@@ -492,6 +498,13 @@ class Registry:
         pinned to that version, so what was taken or freed matches what is stored.
         """
         assert self._service_ips is not None
+        # The allocator reads the spec before the mutation validates it: refuse fields of
+        # the wrong type first. (The other rules wait: the allocator drops what a change of
+        # type leaves behind, which would not be valid for the new type.)
+        if wrong_types := [
+            c for c in validation.validate(obj) if c.reason == validation.TYPE_INVALID
+        ]:
+            raise errors.Invalid.for_causes(kind.kind, name, wrong_types)
         for _ in range(16):
             current = await self.get(kind, namespace, name)
             if precondition and precondition != current["metadata"]["resourceVersion"]:
@@ -526,7 +539,10 @@ class Registry:
         if not kind.has_status:
             raise errors.MethodNotAllowed(f"{kind.resource} has no status subresource")
         self._check_type(kind, obj)
-        precondition = (obj.get("metadata") or {}).get("resourceVersion", "")
+        meta = obj.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise errors.BadRequest("metadata: must be an object")
+        precondition = meta.get("resourceVersion", "")
         status = obj.get("status", {})
 
         def mutate(current: dict[str, Any]) -> dict[str, Any]:
@@ -823,14 +839,23 @@ def _matches(obj: dict[str, Any], labels: Selector | None, fields: FieldSelector
     return fields is None or fields.empty or fields.matches(obj)
 
 
-def _qos_class(spec: dict[str, Any]) -> str:
-    """Guaranteed, Burstable or BestEffort, from the containers' requests and limits."""
-    containers = (spec.get("containers") or []) + (spec.get("initContainers") or [])
+def _qos_class(spec: Any) -> str:
+    """Guaranteed, Burstable or BestEffort, from the containers' requests and limits.
+
+    It runs before validation: parts of the wrong type count as absent (validation then
+    refuses the Pod anyway).
+    """
+    spec = _as_dict(spec)
+    containers = [
+        _as_dict(c)
+        for field in ("containers", "initContainers")
+        for c in (spec.get(field) if isinstance(spec.get(field), list) else [])
+    ]
     requests_seen = limits_seen = False
     guaranteed = bool(containers)
     for c in containers:
-        res = c.get("resources") or {}
-        req, lim = res.get("requests") or {}, res.get("limits") or {}
+        res = _as_dict(c.get("resources"))
+        req, lim = _as_dict(res.get("requests")), _as_dict(res.get("limits"))
         requests_seen = requests_seen or bool(req)
         limits_seen = limits_seen or bool(lim)
         for name in ("cpu", "memory"):
@@ -839,6 +864,10 @@ def _qos_class(spec: dict[str, Any]) -> str:
     if guaranteed:
         return "Guaranteed"
     return "Burstable" if requests_seen or limits_seen else "BestEffort"
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -34,6 +34,8 @@ from machinery.log import get_logger
 log = get_logger("apiserver")
 
 SERVICE_NAME = "kubelite.api.v1.Objects"
+# Kubernetes objects nest a dozen levels; a document nested deeper is refused up front.
+MAX_JSON_DEPTH = 100
 
 REQUESTS = Counter(
     "kubelite_apiserver_requests_total",
@@ -52,15 +54,23 @@ WATCH_EVENTS = Counter(
 )
 
 
+def _wire(text: str) -> str:
+    """Text that protobuf can carry: a message may quote a client's JSON string, and JSON
+    allows lone surrogates, which UTF-8 does not; they travel as \\udXXX escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _status_of(err: errors.ApiError) -> api_pb2.Status:
     return api_pb2.Status(
         reason=err.reason,
-        message=err.message,
+        message=_wire(err.message),
         code=err.code,
-        kind=err.kind,
-        name=err.name,
+        kind=_wire(err.kind),
+        name=_wire(err.name),
         causes=[
-            api_pb2.StatusCause(field=c.field, reason=c.reason, message=c.message)
+            api_pb2.StatusCause(
+                field=_wire(c.field), reason=_wire(c.reason), message=_wire(c.message)
+            )
             for c in err.causes
         ],
         retry_after_seconds=err.retry_after_seconds,
@@ -71,7 +81,7 @@ async def _abort(context: grpc.aio.ServicerContext, err: errors.ApiError) -> Non
     context.set_trailing_metadata(
         ((errors.STATUS_METADATA_KEY, _status_of(err).SerializeToString()),)
     )
-    await context.abort(err.grpc_code, err.message)
+    await context.abort(err.grpc_code, _wire(err.message))
 
 
 class ObjectService:
@@ -324,9 +334,32 @@ def _namespace(kind: Kind, namespace: str) -> str:
 
 def _json(data: bytes, what: str) -> Any:
     try:
-        return json.loads(data)
+        value = json.loads(data)
     except (ValueError, UnicodeDecodeError) as err:
         raise errors.BadRequest(f"the {what} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise _too_deep(what) from None
+    # Every later step (copies, schemas, merge patches) recurses through the document.
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise _too_deep(what)
+    return value
+
+
+def _too_deep(what: str) -> errors.BadRequest:
+    return errors.BadRequest(f"the {what} is nested more than {MAX_JSON_DEPTH} levels deep")
+
+
+def _depth(value: Any) -> int:
+    """How deeply objects and arrays nest in a parsed JSON document, without recursing."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in node)
+    return deepest
 
 
 def _body(data: bytes, kind: Kind) -> Any:

@@ -69,6 +69,10 @@ class Compacted(StoreError):
         self.compacted = compacted
 
 
+class FutureRevision(StoreError):
+    """The requested revision is newer than any etcd has written."""
+
+
 class StoreUnavailable(StoreError):
     """etcd could not be reached or did not answer in time."""
 
@@ -191,6 +195,8 @@ class EtcdStore:
             return await self._failover(err)
         if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in (err.details() or ""):
             return Compacted(0, 0)
+        if code == grpc.StatusCode.OUT_OF_RANGE and "future revision" in (err.details() or ""):
+            return FutureRevision(err.details())
         return StoreError(f"etcd request failed: {code.name}: {err.details()}")
 
     async def create(self, key: str, value: bytes) -> int:

@@ -49,8 +49,10 @@ class ApiError(Exception):
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.kind = kind
-        self.name = name
+        # Both often come from the object a client sent: one that is not a string (a
+        # metadata.name of [1], say) names nothing, and validation reports it.
+        self.kind = kind if isinstance(kind, str) else ""
+        self.name = name if isinstance(name, str) else ""
         self.causes = list(causes or [])
         self.retry_after_seconds = retry_after_seconds
 
@@ -73,6 +75,7 @@ class Invalid(ApiError):
 
     @classmethod
     def for_causes(cls, kind: str, name: str, causes: list[Cause]) -> Invalid:
+        name = name if isinstance(name, str) else ""
         detail = "; ".join(str(c) for c in causes)
         label = f'{kind} "{name}"' if name else kind
         return cls(f"{label} is invalid: {detail}", kind=kind, name=name, causes=causes)

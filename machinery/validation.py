@@ -333,6 +333,16 @@ def _translate(error: jsonschema.ValidationError, errs: Errors) -> None:
 # -- small helpers ---------------------------------------------------------------------------
 
 
+def _seen_before(seen: set[Any], values: tuple[Any, ...]) -> bool:
+    """Whether `values` were met already (and remember them). They are compared as JSON:
+    a list or an object where a scalar belongs is not hashable (the schema refuses it)."""
+    key = tuple(json.dumps(v, sort_keys=True) for v in values)
+    if key in seen:
+        return True
+    seen.add(key)
+    return False
+
+
 def _dict(value: Any) -> _Obj:
     return value if isinstance(value, dict) else {}
 
@@ -1104,9 +1114,8 @@ def _check_scheduling(spec: _Obj, path: str, errs: Errors) -> None:
         )
         _check_label_selector(tsc.get("labelSelector"), f"{q}.labelSelector", errs)
         key = (tsc.get("topologyKey"), tsc.get("whenUnsatisfiable"))
-        if key in seen:
+        if _seen_before(seen, key):
             errs.duplicate(f"{q}.{{topologyKey, whenUnsatisfiable}}", f"{key[0]}, {key[1]}")
-        seen.add(key)
 
 
 def _check_pod_affinity(affinity: _Obj, path: str, errs: Errors) -> None:
@@ -1332,9 +1341,8 @@ def _check_service_ports(spec: _Obj, errs: Errors, *, svc_type: Any, headless: b
                 errs.duplicate(f"{p}.name", name)
             names.add(name)
         key = (port.get("port"), port.get("protocol", "TCP"))
-        if key in seen:
+        if _seen_before(seen, key):
             errs.duplicate(p, {"port": key[0], "protocol": key[1]})
-        seen.add(key)
         if "targetPort" in port:
             _check_port_reference(port["targetPort"], f"{p}.targetPort", errs)
         if port.get("nodePort") and svc_type in ("ClusterIP", "ExternalName"):
@@ -1496,9 +1504,8 @@ def _check_node(obj: _Obj, errs: Errors, kind: kinds.Kind) -> None:
         _check_required_str(errs, f"{p}.key", taint.get("key"), labels.validate_label_key)
         _check_optional_str(errs, f"{p}.value", taint.get("value"), labels.validate_label_value)
         key = (taint.get("key"), taint.get("effect"))
-        if key in seen:
+        if _seen_before(seen, key):
             errs.duplicate(p, {"key": key[0], "effect": key[1]})
-        seen.add(key)
     for field in ("capacity", "allocatable"):
         _check_quantity_map(status.get(field), f"status.{field}", errs, container=False)
     for i, addr in _dicts(status.get("addresses")):
