@@ -534,10 +534,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Nodes are numbered from 1 as deploy/up.sh made them (node-1, node-2, ...).",
     )
     parser.add_argument("--name", default="kubelite", help="the cluster (default: %(default)s)")
+    # --name is also taken after the command, where users tend to put it.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--name", default=argparse.SUPPRESS, help="the cluster")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def node_command(name: str, text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=text, description=text)
+        p = sub.add_parser(name, help=text, description=text, parents=[after])
         p.add_argument("node", type=int, help="the node's number (N of node-N)")
         return p
 
@@ -551,8 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jitter", default="0ms", help="random variation of the delay, e.g. 10ms")
     p.add_argument("--loss", default="0%", help="share of packets lost each way, e.g. 5%%")
     node_command("clear-node", "remove the node's latency and loss")
-    sub.add_parser("status", help="show every node's faults")
-    sub.add_parser("reset", help="undo every fault of every node")
+    sub.add_parser("status", help="show every node's faults", parents=[after])
+    sub.add_parser("reset", help="undo every fault of every node", parents=[after])
     return parser
 
 

@@ -122,6 +122,13 @@ def test_bad_input_is_refused_by_name(layout_only: Bed, args: list[str], message
     assert result.stderr.startswith("error: ")
 
 
+def test_the_cluster_may_be_named_after_the_command(layout_only: Bed) -> None:
+    argv = [sys.executable, "-m", "deploy.fault", "status", "--name", layout_only.name]
+    result = subprocess.run(argv, cwd=ROOT, env=layout_only.env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1].startswith("node-1 ")
+
+
 def test_an_unknown_cluster_is_named(layout_only: Bed) -> None:
     env = layout_only.env
     argv = [sys.executable, "-m", "deploy.fault", "--name", "nosuch", "status"]
