@@ -118,7 +118,9 @@ def ensure_node(net: ClusterNet, index: int) -> None:
     # else here) goes through the host end of the bridge, as through a VM's gateway.
     _ip("route", "replace", "default", "via", net.gateway, netns=ns)
     subprocess.run(
-        ["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=False, capture_output=True
+        ["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+        check=False,
+        capture_output=True,
     )
 
 
@@ -141,5 +143,7 @@ def delete_all(name: str) -> None:
         parts = line.split(":")
         if len(parts) > 1:
             link = parts[1].strip().split("@")[0]
-            if link == f"{name}-br" or (link.startswith(f"{name}-") and link[len(name) + 1 :].isdigit()):
+            if link == f"{name}-br" or (
+                link.startswith(f"{name}-") and link[len(name) + 1 :].isdigit()
+            ):
                 _ip("link", "del", link, check=False)
