@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kubelet.backoff import Backoff
-from kubelet.images import ImageConfig, ImageNotFound, ImagePuller, ImageStore
+from kubelet.images import ImageConfig, ImageNotFound, ImagePuller, ImageStore, PullResult
 from kubelet.metrics import KubeletMetrics
 
 Event = Callable[[dict[str, Any], str, str, str], None]
@@ -78,7 +78,9 @@ class ImageManager:
         def pulling() -> None:
             self._event(pod, "Normal", "Pulling", f'Pulling image "{image}"')
 
-        result = await self._puller.ensure_image(image, policy=policy, on_pulling=pulling)
+        result = await self._present(image, policy)
+        if result is None:
+            result = await self._puller.ensure_image(image, policy=policy, on_pulling=pulling)
         if not result.ok or result.image is None:
             delay = self._backoff.next(key)
             self._metrics.image_pulls.labels("failure").inc()
@@ -102,6 +104,29 @@ class ImageManager:
             # A layer vanished under us (GC, disk trouble): pull again on the next try.
             return ImageWaiting("ErrImagePull", str(err), self._backoff.next(key))
         return ResolvedImage(result.reference, result.image_ref, layers, config)
+
+    async def _present(self, image: str, policy: str) -> PullResult | None:
+        """The image as the store has it, when the policy allows using a present one.
+
+        The same decision ImagePuller.ensure_image makes, taken on the thread pool: the
+        store's lookup and its last-used stamp write a file, which must not hold up the
+        event loop while twenty Pods start. None: let the puller decide (and pull).
+        """
+        if policy not in ("IfNotPresent", "Never"):
+            return None
+        try:
+            reference = self._puller.parse(image)
+        except ValueError:
+            return None  # the puller reports InvalidImageName
+
+        def lookup() -> PullResult | None:
+            record = self._store.find(reference)
+            if record is None:
+                return None
+            record = self._store.touch(record)
+            return PullResult(record, str(reference), record.image_ref_for(reference))
+
+        return await self._blocking(lookup)
 
     def _contents(self, record: Any) -> tuple[tuple[Path, ...], ImageConfig]:
         return tuple(self._store.layers(record)), self._store.config(record)

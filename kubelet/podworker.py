@@ -335,7 +335,7 @@ class PodWorker:
             host=self.ctx.host_resolv(),
         )
         log_dir = self.ctx.log_dir(pod)
-        log_dir.mkdir(parents=True, exist_ok=True)
+        await self.ctx.runtime.blocking(lambda: log_dir.mkdir(parents=True, exist_ok=True))
         config = cspec.sandbox_config(
             pod, dns=dns, host_aliases=kdns.host_aliases(pod), log_directory=str(log_dir)
         )
