@@ -191,6 +191,11 @@ class EtcdStore:
 
     async def _translate(self, err: grpc.aio.AioRpcError) -> StoreError:
         code = err.code()
+        if code == grpc.StatusCode.UNAVAILABLE and "leader changed" in (err.details() or ""):
+            # The member is fine; the cluster is electing a leader. Retry, same member.
+            return StoreUnavailable(
+                f"etcd at {self.endpoint} is electing a leader: {err.details()}"
+            )
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             return await self._failover(err)
         if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in (err.details() or ""):

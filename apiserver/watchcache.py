@@ -204,6 +204,7 @@ class WatchCache:
         self._listeners: list[Callable[[CacheEvent], None]] = []
         self._clock = clock or RealClock()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.ready = asyncio.Event()
         self._on_overflow = on_overflow
 
@@ -213,6 +214,7 @@ class WatchCache:
         self._task = asyncio.create_task(self._run(), name=f"watchcache-{self.resource}")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task:
             self._task.cancel()
             try:
@@ -246,6 +248,15 @@ class WatchCache:
                 self._reset(errors.Expired("the watch cache was reset: relist and watch again"))
             except StoreError as err:
                 log.warning("etcd watch broken, retrying", resource=self.resource, err=err)
+            except asyncio.CancelledError:
+                # The store closed the connection this watch ran on (it moved to another
+                # etcd member): that cancels the watch call, not this cache. Only stop()
+                # ends the loop.
+                if self._stopping:
+                    raise
+                log.warning(
+                    "etcd watch cancelled under the cache, retrying", resource=self.resource
+                )
             await self._clock.sleep(delay)
             delay = min(delay * 2, 5.0)
 

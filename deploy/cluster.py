@@ -344,6 +344,15 @@ def down(args: argparse.Namespace) -> int:
         _say(f"stopped the components of cluster {name}")
     else:
         _say(f"cluster {name} is not running")
+    if (state_dir(name) / "cluster.json").exists():
+        from deploy import fault
+
+        # Thaw first: a frozen container survives SIGKILL, and would outlive the cluster.
+        try:
+            fault.reset(fault.load_testbed(name))
+        except fault.FaultError as err:
+            _say(f"warning: failed to undo faults on cluster {name}: {err}")
+        (state_dir(name) / "held").unlink(missing_ok=True)
     clean_nodes(name)
     hostnet.delete_all(name)
     _say(f"removed the node namespaces and links of cluster {name}")

@@ -19,6 +19,7 @@ KUBELITE_APT_PACKAGES=(
   "tc:iproute2"
   "skopeo:skopeo"
   "openssl:openssl"
+  "nft:nftables"
   "python3:python3"
 )
 

@@ -553,21 +553,7 @@ def start_leaders_first(ha: HA, victim: Machine) -> None:
     ha.agent.start("kubelite-proxy")
 
 
-# TODO: losing the server that leads etcd is not survived reliably yet, so that case
-# is skipped. The survivors' etcd members answer "leader changed" while they elect a
-# new leader; the API server's store (apiserver/store.py) takes that for an
-# unreachable endpoint and fails over, closing the etcd client its watches run on.
-# Those watches then end in CancelledError, which the watch cache's loop
-# (apiserver/watchcache.py _run) does not catch, so its watch task ends silently and
-# the cache stops: a controller manager on that API server never sees a new
-# ReplicaSet. Remove the skip once a store failover restarts the watches.
-ETCD_LEADER_LOST = pytest.param(
-    "etcd-leader-lost",
-    marks=pytest.mark.skip(reason="API server watch caches stop after an etcd failover"),
-)
-
-
-@pytest.fixture(scope="module", params=["etcd-leader-survives", ETCD_LEADER_LOST])
+@pytest.fixture(scope="module", params=["etcd-leader-survives", "etcd-leader-lost"])
 def ha(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     if os.geteuid() != 0:
         pytest.skip("needs root (namespaces)")
