@@ -298,8 +298,13 @@ class CgroupV1:
         return os.path.isdir(self._dir("memory", path))
 
     def remove(self, path: str) -> None:
-        for root in self._roots:
-            _remove_tree(os.path.join(root, path))
+        # Every hierarchy, not only ours: runc (the OCI driver) makes the same path in
+        # cpuset, blkio and name=systemd too, and those must not outlive the container.
+        base = os.path.dirname(self._roots[0])
+        others = [os.path.join(base, d) for d in sorted(os.listdir(base))] if base else []
+        for root in dict.fromkeys([*self._roots, *others]):
+            if os.path.isdir(os.path.join(root, path)):
+                _remove_tree(os.path.join(root, path))
 
 
 class CgroupV2:
