@@ -171,27 +171,13 @@ async def wait_api(server: str, timeout: float) -> None:
 
 def seed_images(cluster: dict) -> list[str]:
     """Push the default images unless the registry has them; the names it holds."""
-    from deploy.images.build import build_default_images, inspect_busybox, push_default_images
-    from machinery.registry import RegistryHosts, list_images
+    from deploy.roles.bootstrap import seed_images as seed
 
     address = layout.registry_address(cluster)
-    hosts = RegistryHosts(insecure=frozenset({address}))
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            present = {r.repository for r in list_images(hosts.client(address))}
-            break
-        except Exception as err:  # noqa: BLE001 - the registry may still be starting
-            if time.monotonic() > deadline:
-                raise SystemExit(f"error: the registry at {address} did not answer: {err}") from err
-            time.sleep(0.2)
-    wanted = {"library/busybox", "library/httpd"}
-    if not wanted <= present:
-        busybox = inspect_busybox()
-        images = build_default_images(busybox, epoch=0)
-        push_default_images(hosts, address, images, tags=("latest", busybox.version))
-        present |= wanted
-    return sorted(present)
+    try:
+        return seed(address, timeout=30)
+    except RuntimeError as err:
+        raise SystemExit(f"error: {err}") from err
 
 
 async def ensure_dns_service(server: str, cluster: dict) -> None:
