@@ -487,7 +487,12 @@ async def test_round_trip_and_etcd_holds_only_ciphertext(etcd, etcd_prefix) -> N
         assert await api.get("secrets", "db", namespace="default") == created
         listed = await api.list("secrets", namespace="default", label_selector="app=db")
         assert [i["data"] for i in listed.items] == [created["data"]]
-        cached = await api.list("secrets", resource_version="0")
+        # resourceVersion "0" reads the watch cache, which may lag the write a moment.
+        for _ in range(200):
+            cached = await api.list("secrets", resource_version="0")
+            if cached.items:
+                break
+            await asyncio.sleep(0.02)
         assert [i["data"] for i in cached.items] == [created["data"]]
         configmap = await api.create("configmaps", o.configmap("plain"))
 
