@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -12,6 +13,24 @@ from machinery import errors
 from machinery.client import ApiClient
 from machinery.clock import rfc3339
 from tests import objects as o
+
+
+@contextlib.asynccontextmanager
+async def own_server(endpoint: str, prefix: str = "/registry", **settings):
+    """An API server of the test's own, with settings the shared fixture does not use."""
+    from apiserver.server import ApiServer, ServerConfig
+
+    settings.setdefault("compaction_interval", 0)
+    server = ApiServer(ServerConfig([endpoint], listen="127.0.0.1:0", prefix=prefix, **settings))
+    await server.start()
+    api = ApiClient([f"127.0.0.1:{server.port}"], timeout=10)
+    try:
+        await asyncio.wait_for(server.ready.wait(), 30)
+        yield api
+    finally:
+        await api.close()
+        await server.stop(grace=0)
+
 
 ROUND_TRIP = [
     pytest.param("pods", o.pod("web"), id="pod"),
@@ -304,17 +323,7 @@ async def test_bookmarks_carry_the_current_version(client: ApiClient) -> None:
 
 
 async def test_watch_from_compacted_version_is_too_old(etcd, etcd_prefix) -> None:
-    from apiserver.server import ApiServer, ServerConfig
-
-    server = ApiServer(
-        ServerConfig(
-            [etcd.endpoint], listen="127.0.0.1:0", prefix=etcd_prefix, compaction_interval=0.3
-        )
-    )
-    await server.start()
-    api = ApiClient([f"127.0.0.1:{server.port}"], timeout=10)
-    try:
-        await asyncio.wait_for(server.ready.wait(), 30)
+    async with own_server(etcd.endpoint, etcd_prefix, compaction_interval=0.3) as api:
         old = (await api.create("configmaps", o.configmap("old")))["metadata"]["resourceVersion"]
         for i in range(5):
             await api.create("configmaps", o.configmap(f"newer-{i}"))
@@ -326,36 +335,16 @@ async def test_watch_from_compacted_version_is_too_old(etcd, etcd_prefix) -> Non
                 await asyncio.sleep(0.1)
         with pytest.raises(errors.Expired):
             await api.list("configmaps", resource_version=old)
-    finally:
-        await api.close()
-        await server.stop(grace=0)
 
 
 async def test_watch_window_overflow_is_too_old(etcd, etcd_prefix) -> None:
-    from apiserver.server import ApiServer, ServerConfig
-
-    server = ApiServer(
-        ServerConfig(
-            [etcd.endpoint],
-            listen="127.0.0.1:0",
-            prefix=etcd_prefix,
-            watch_cache_capacity=10,
-            compaction_interval=0,
-        )
-    )
-    await server.start()
-    api = ApiClient([f"127.0.0.1:{server.port}"], timeout=10)
-    try:
-        await asyncio.wait_for(server.ready.wait(), 30)
+    async with own_server(etcd.endpoint, etcd_prefix, watch_cache_capacity=10) as api:
         old = (await api.create("configmaps", o.configmap("first")))["metadata"]["resourceVersion"]
         for i in range(15):
             await api.create("configmaps", o.configmap(f"more-{i}"))
         with pytest.raises(errors.Expired, match="too old resource version"):
             async for _event in api.watch("configmaps", resource_version=old):
                 break
-    finally:
-        await api.close()
-        await server.stop(grace=0)
 
 
 async def wait_gone(client: ApiClient, resource: str, name: str, timeout: float = 20) -> None:
@@ -449,21 +438,7 @@ async def test_status_detail_survives_the_wire(client: ApiClient) -> None:
 
 
 async def test_events_expire_after_their_ttl(etcd, etcd_prefix) -> None:
-    from apiserver.server import ApiServer, ServerConfig
-
-    server = ApiServer(
-        ServerConfig(
-            [etcd.endpoint],
-            listen="127.0.0.1:0",
-            prefix=etcd_prefix,
-            compaction_interval=0,
-            event_ttl=1.0,
-        )
-    )
-    await server.start()
-    api = ApiClient([f"127.0.0.1:{server.port}"], timeout=10)
-    try:
-        await asyncio.wait_for(server.ready.wait(), 30)
+    async with own_server(etcd.endpoint, etcd_prefix, event_ttl=1.0) as api:
         old = o.event("old.1")
         old["lastTimestamp"] = "2020-01-01T00:00:00Z"
         await api.create("events", old)
@@ -472,9 +447,6 @@ async def test_events_expire_after_their_ttl(etcd, etcd_prefix) -> None:
         await api.create("events", fresh)
         await wait_gone(api, "events", "old.1")
         assert (await api.get("events", "fresh.1"))["reason"] == "Scheduled"
-    finally:
-        await api.close()
-        await server.stop(grace=0)
 
 
 def test_apiserver_command_line_parses_every_flag() -> None:
