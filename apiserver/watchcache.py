@@ -125,10 +125,14 @@ class Watcher:
         self._closed = False
         # Synthetic ADDED events for the state at subscription, sent before the queue.
         self.initial: list[bytes] = []
+        # The watch's start: only changes after this revision are sent.
+        self.since = 0
 
     def offer(self, event: CacheEvent) -> None:
         """Queue the event in the form this watcher should see it, if at all."""
-        if self._closed:
+        if self._closed or event.revision <= self.since:
+            # A watch from a version the cache has not reached yet must not be sent the
+            # events up to that version when the cache catches up.
             return
         if self.filter.everything:
             wire = event.wire(event.type)
@@ -361,12 +365,14 @@ class WatchCache:
     def subscribe(self, filt: WatchFilter, resource_version: str) -> Watcher:
         watcher = Watcher(self, filt, self._watcher_capacity)
         if resource_version in ("", "0"):
+            watcher.since = self.revision
             for item in self._objects.values():
                 if filt.matches(item):
                     wire = api_pb2.WatchEvent(type=ADDED, object=item.raw).SerializeToString()
                     watcher.initial.append(wire)
         else:
             since = _parse_revision(resource_version)
+            watcher.since = since
             if since < self._window_start:
                 raise errors.Expired(
                     f"too old resource version: {since} (the oldest this server can "
