@@ -437,7 +437,18 @@ async def test_status_is_written_only_when_it_changes(client: ApiClient) -> None
     try:
         async with controllers:
             await client.create("replicasets", o.replicaset("web", replicas=2))
-            await _status_replicas(client, "web", 2)
+            # Settled: status.replicas counts creations at once, fullyLabeledReplicas only
+            # once the Pods are seen, so wait for both before counting writes.
+            await wait_for_object(
+                client,
+                "replicasets",
+                "web",
+                lambda rs: (
+                    rs.get("status", {}).get("replicas") == 2
+                    and rs["status"].get("fullyLabeledReplicas") == 2
+                    and rs["status"].get("observedGeneration") == rs["metadata"]["generation"]
+                ),
+            )
             before = counting.writes
             for note in ("one", "two", "three"):  # syncs with nothing new to report
                 await client.patch(
