@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from apiserver import encryption, podsecurity
+from apiserver.auth import Authenticator, Authorizer, Gate, TokenAuthenticator
 from apiserver.garbagecollector import GarbageCollector
 from apiserver.registry import SYSTEM_NAMESPACES, Registry
 from apiserver.service import SERVICE_NAME, ObjectService
@@ -26,10 +27,23 @@ from machinery import errors, kinds
 from machinery.api import api_pb2, streams_pb2, streams_pb2_grpc
 from machinery.clock import Clock, RealClock, parse_rfc3339
 from machinery.log import get_logger
+from machinery.pki import KeyPair
 
 log = get_logger("apiserver")
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingTLS:
+    """The server's certificate, and the CA whose client certificates it trusts."""
+
+    serving: KeyPair
+    client_ca: bytes
+    # The API server's client certificate towards kubelets (logs, exec), and the CA
+    # their serving certificates are checked against.
+    kubelet_client: KeyPair | None = None
+    kubelet_ca: bytes = b""
 
 
 @dataclasses.dataclass
@@ -56,6 +70,14 @@ class ServerConfig:
     # Pod Security level of a namespace without the pod-security.kubernetes.io/enforce
     # label (privileged, baseline or restricted); kube-system is labelled privileged.
     pod_security_default_level: str = podsecurity.BASELINE
+    # Without TLS the server listens in plaintext and asks no one for credentials:
+    # only for a server embedded in a trusted process. With it, `listen` requires a
+    # client certificate signed by client_ca, and `token_listen` (if set) serves TLS
+    # without one, for clients that authenticate with a bearer token.
+    tls: ServingTLS | None = None
+    token_listen: str = ""
+    # A CSV file of static bearer tokens (token,user,uid,"group1,group2").
+    token_auth_file: str = ""
 
 
 class ApiServer:
@@ -95,10 +117,15 @@ class ApiServer:
             pod_security=podsecurity.PodSecurity(default_level=config.pod_security_default_level),
         )
         self.collector = GarbageCollector(self.registry, self.caches, clock=self._clock)
+        self.gate: Gate | None = None
+        if config.tls is not None:
+            self.gate = Gate(Authenticator(self._token_authenticators()), self._authorizers())
         self._service = ObjectService(
-            self.registry, self.caches, bookmark_interval=config.bookmark_interval
+            self.registry, self.caches, bookmark_interval=config.bookmark_interval, gate=self.gate
         )
-        self._streams = StreamService(self.registry)
+        self._streams = StreamService(
+            self.registry, credentials=_kubelet_credentials(config.tls), gate=self.gate
+        )
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -125,11 +152,32 @@ class ApiServer:
             ),
             server,
         )
-        for address in [a.strip() for a in self.config.listen.split(",") if a.strip()]:
-            port = server.add_insecure_port(address)
+        tls = self.config.tls
+        for address in _addresses(self.config.listen):
+            if tls is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(
+                    address,
+                    grpc.ssl_server_credentials(
+                        [(tls.serving.key, tls.serving.cert)],
+                        root_certificates=tls.client_ca,
+                        require_client_auth=True,
+                    ),
+                )
             if port == 0:
                 raise RuntimeError(f"failed to listen on {address}: address in use or invalid")
             self.port = self.port or port
+        self.token_port = 0
+        for address in _addresses(self.config.token_listen):
+            if tls is None:
+                raise RuntimeError("a token listener needs TLS: give the server a certificate")
+            port = server.add_secure_port(
+                address, grpc.ssl_server_credentials([(tls.serving.key, tls.serving.cert)])
+            )
+            if port == 0:
+                raise RuntimeError(f"failed to listen on {address}: address in use or invalid")
+            self.token_port = self.token_port or port
         await server.start()
         self._server = server
         for cache in self.caches.values():
@@ -157,6 +205,12 @@ class ApiServer:
             port=self.port,
             etcd=",".join(self.config.etcd_endpoints),
         )
+
+    def _token_authenticators(self) -> list[TokenAuthenticator]:
+        return []
+
+    def _authorizers(self) -> list[Authorizer]:
+        return []
 
     async def _become_ready(self) -> None:
         """Serve health once every cache has listed, then start the collector."""
@@ -258,6 +312,20 @@ class ApiServer:
         await self._streams.close()
         await self.store.close()
         log.info("API server stopped")
+
+
+def _addresses(listen: str) -> list[str]:
+    return [a.strip() for a in listen.split(",") if a.strip()]
+
+
+def _kubelet_credentials(tls: ServingTLS | None) -> grpc.ChannelCredentials | None:
+    if tls is None or tls.kubelet_client is None:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=tls.kubelet_ca or tls.client_ca,
+        private_key=tls.kubelet_client.key,
+        certificate_chain=tls.kubelet_client.cert,
+    )
 
 
 def _last_seen(event: dict) -> float | None:

@@ -22,10 +22,12 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
+from apiserver.auth import Gate
 from apiserver.registry import MAX_OBJECT_BYTES, Registry
 from apiserver.watchcache import WatchCache, WatchFilter
 from machinery import errors, kinds
 from machinery.api import api_pb2
+from machinery.auth import Attributes, UserInfo
 from machinery.fields import FieldSelector
 from machinery.kinds import Kind
 from machinery.labels import Selector
@@ -91,10 +93,39 @@ class ObjectService:
         caches: dict[str, WatchCache],
         *,
         bookmark_interval: float = 30.0,
+        gate: Gate | None = None,
     ) -> None:
         self._registry = registry
         self._caches = caches
         self._bookmark_interval = bookmark_interval
+        # None only for a server embedded in a trusted process (some tests); every
+        # server started from the command line has one.
+        self._gate = gate
+
+    def admit(
+        self,
+        context: grpc.aio.ServicerContext,
+        verb: str,
+        kind: Kind,
+        *,
+        namespace: str = "",
+        name: str = "",
+        subresource: str = "",
+    ) -> UserInfo | None:
+        """The caller, if the gate lets it do this; Unauthenticated or Forbidden if not."""
+        if self._gate is None:
+            return None
+        return self._gate.admit(
+            context,
+            Attributes(
+                verb=verb,
+                resource=kind.resource,
+                api_group=kind.group,
+                namespace=namespace if kind.namespaced else "",
+                name=name,
+                subresource=subresource,
+            ),
+        )
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -155,8 +186,21 @@ class ObjectService:
         self, request: api_pb2.CreateRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         async def call(kind: Kind) -> api_pb2.ObjectResponse:
+            body = _body(request.object, kind)
+            meta = body.get("metadata") if isinstance(body, dict) else None
+            meta = meta if isinstance(meta, dict) else {}
+            name = meta.get("name")
+            user = self.admit(
+                context,
+                "create",
+                kind,
+                namespace=request.namespace or str(meta.get("namespace") or "") or "default",
+                name=name if isinstance(name, str) else "",
+            )
+            if user is not None and kind.kind == "CertificateSigningRequest":
+                _stamp_requester(body, user)
             obj = await self._registry.create(
-                kind, request.namespace, _body(request.object, kind), dry_run=request.dry_run
+                kind, request.namespace, body, dry_run=request.dry_run
             )
             return _response(obj)
 
@@ -164,14 +208,15 @@ class ObjectService:
 
     async def Get(self, request: api_pb2.GetRequest, context: grpc.aio.ServicerContext) -> Any:
         async def call(kind: Kind) -> api_pb2.ObjectResponse:
-            return _response(
-                await self._registry.get(kind, _namespace(kind, request.namespace), request.name)
-            )
+            namespace = _namespace(kind, request.namespace)
+            self.admit(context, "get", kind, namespace=namespace, name=request.name)
+            return _response(await self._registry.get(kind, namespace, request.name))
 
         return await self._serve("get", request.resource, context, call)
 
     async def List(self, request: api_pb2.ListRequest, context: grpc.aio.ServicerContext) -> Any:
         async def call(kind: Kind) -> api_pb2.ListResponse:
+            self.admit(context, "list", kind, namespace=request.namespace)
             page = await self._registry.list(
                 kind,
                 request.namespace if kind.namespaced else "",
@@ -193,9 +238,11 @@ class ObjectService:
         self, request: api_pb2.UpdateRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         async def call(kind: Kind) -> api_pb2.ObjectResponse:
+            namespace = _namespace(kind, request.namespace)
+            self.admit(context, "update", kind, namespace=namespace, name=request.name)
             obj = await self._registry.update(
                 kind,
-                _namespace(kind, request.namespace),
+                namespace,
                 request.name,
                 _body(request.object, kind),
                 dry_run=request.dry_run,
@@ -208,8 +255,17 @@ class ObjectService:
         self, request: api_pb2.UpdateRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         async def call(kind: Kind) -> api_pb2.ObjectResponse:
+            namespace = _namespace(kind, request.namespace)
+            self.admit(
+                context,
+                "update",
+                kind,
+                namespace=namespace,
+                name=request.name,
+                subresource="status",
+            )
             obj = await self._registry.update_status(
-                kind, _namespace(kind, request.namespace), request.name, _body(request.object, kind)
+                kind, namespace, request.name, _body(request.object, kind)
             )
             return _response(obj)
 
@@ -217,6 +273,14 @@ class ObjectService:
 
     async def Patch(self, request: api_pb2.PatchRequest, context: grpc.aio.ServicerContext) -> Any:
         async def call(kind: Kind) -> api_pb2.ObjectResponse:
+            self.admit(
+                context,
+                "patch",
+                kind,
+                namespace=_namespace(kind, request.namespace),
+                name=request.name,
+                subresource="status" if request.status else "",
+            )
             if request.patch_type not in ("", "merge"):
                 raise errors.BadRequest(
                     f'unsupported patch type "{request.patch_type}": only "merge" is supported'
@@ -237,9 +301,11 @@ class ObjectService:
         self, request: api_pb2.DeleteRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         async def call(kind: Kind) -> api_pb2.ObjectResponse:
+            namespace = _namespace(kind, request.namespace)
+            self.admit(context, "delete", kind, namespace=namespace, name=request.name)
             obj = await self._registry.delete(
                 kind,
-                _namespace(kind, request.namespace),
+                namespace,
                 request.name,
                 propagation=request.propagation_policy,
                 uid=request.preconditions.uid,
@@ -252,9 +318,16 @@ class ObjectService:
 
     async def Bind(self, request: api_pb2.BindRequest, context: grpc.aio.ServicerContext) -> Any:
         async def call(kind: Kind) -> api_pb2.ObjectResponse:
-            obj = await self._registry.bind(
-                request.namespace or "default", request.name, request.node_name, request.uid
+            namespace = request.namespace or "default"
+            self.admit(
+                context,
+                "create",
+                kind,
+                namespace=namespace,
+                name=request.name,
+                subresource="binding",
             )
+            obj = await self._registry.bind(namespace, request.name, request.node_name, request.uid)
             return _response(obj)
 
         return await self._serve("bind", "pods", context, call)
@@ -265,6 +338,7 @@ class ObjectService:
         resource = request.resource
         try:
             kind = _kind(resource)
+            self.admit(context, "watch", kind, namespace=request.namespace)
             cache = self._caches[kind.resource]
             await cache.wait_ready(10.0)
             watcher = cache.subscribe(
@@ -314,6 +388,17 @@ class ObjectService:
                 yield api_pb2.WatchEvent(
                     type="BOOKMARK", object=json.dumps(mark).encode()
                 ).SerializeToString()
+
+
+def _stamp_requester(csr: dict[str, Any], user: UserInfo) -> None:
+    """A signing request records who sent it, whatever the sender wrote there: approvers
+    decide on the requester, so it must come from authentication."""
+    spec = csr.get("spec")
+    if isinstance(spec, dict):
+        spec["username"] = user.name
+        spec["groups"] = list(user.groups)
+        spec["uid"] = user.uid
+        spec.pop("extra", None)
 
 
 def _kind(resource: str) -> Kind:

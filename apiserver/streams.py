@@ -15,10 +15,12 @@ from typing import Any
 
 import grpc
 
+from apiserver.auth import Gate
 from apiserver.registry import Registry
 from apiserver.service import REQUESTS, _abort
 from machinery import errors, kinds
 from machinery.api import streams_pb2, streams_pb2_grpc
+from machinery.auth import Attributes
 from machinery.log import get_logger
 
 log = get_logger("apiserver.streams")
@@ -26,11 +28,37 @@ log = get_logger("apiserver.streams")
 
 class StreamService(streams_pb2_grpc.StreamsServicer):
     def __init__(
-        self, registry: Registry, *, credentials: grpc.ChannelCredentials | None = None
+        self,
+        registry: Registry,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self._registry = registry
+        # The API server's client certificate towards kubelets; they accept no other.
         self._credentials = credentials
+        self._gate = gate
         self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _admit(
+        self,
+        context: grpc.aio.ServicerContext,
+        verb: str,
+        subresource: str,
+        namespace: str,
+        name: str,
+    ) -> None:
+        if self._gate is not None:
+            self._gate.admit(
+                context,
+                Attributes(
+                    verb=verb,
+                    resource="pods",
+                    namespace=namespace or "default",
+                    name=name,
+                    subresource=subresource,
+                ),
+            )
 
     async def _kubelet_for(
         self, namespace: str, name: str
@@ -64,6 +92,7 @@ class StreamService(streams_pb2_grpc.StreamsServicer):
         self, request: streams_pb2.LogsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[streams_pb2.LogChunk]:
         try:
+            self._admit(context, "get", "log", request.namespace, request.name)
             stub, target = await self._kubelet_for(request.namespace, request.name)
         except errors.ApiError as err:
             REQUESTS.labels("logs", "pods", err.grpc_code.name).inc()
@@ -92,6 +121,7 @@ class StreamService(streams_pb2_grpc.StreamsServicer):
             return
         start = first.start
         try:
+            self._admit(context, "create", "exec", start.namespace, start.name)
             stub, target = await self._kubelet_for(start.namespace, start.name)
         except errors.ApiError as err:
             REQUESTS.labels("exec", "pods", err.grpc_code.name).inc()

@@ -104,7 +104,7 @@ def parse_since(text: str) -> int:
 async def run_logs(args: argparse.Namespace, session: Session) -> int:
     since = parse_since(args.since)
     out = sys.stdout.buffer
-    async with StreamsClient(session.api.servers) as streams:
+    async with StreamsClient(session.api.servers, credentials=session.api.credentials) as streams:
         async for chunk in streams.logs(
             session.namespace,
             _pod_name(args.pod),
@@ -175,7 +175,7 @@ async def run_exec(args: argparse.Namespace, session: Session) -> int:
         print("Unable to use a TTY - input is not a terminal", file=sys.stderr)
         use_tty = False
     width, height = _terminal_size() if use_tty else (0, 0)
-    async with StreamsClient(session.api.servers) as streams:
+    async with StreamsClient(session.api.servers, credentials=session.api.credentials) as streams:
         exec_session = streams.exec(
             session.namespace,
             _pod_name(args.pod),

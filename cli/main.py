@@ -58,15 +58,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def session_for(args: argparse.Namespace) -> Session:
-    if args.server:
-        servers = [s.strip() for s in args.server.split(",") if s.strip()]
-        return Session(servers, args.namespace or "default", timeout=args.request_timeout)
     path = pathlib.Path(args.config) if args.config else None
+    if args.server:
+        # --server replaces the addresses only; the credentials still come from the
+        # config, when there is one.
+        servers = [s.strip() for s in args.server.split(",") if s.strip()]
+        try:
+            ctx: config.Context | None = config.load_context(path, args.context)
+        except config.ConfigError:
+            ctx = None
+        return Session(
+            servers,
+            args.namespace or (ctx.namespace if ctx else "default"),
+            timeout=args.request_timeout,
+            credentials=ctx.credentials if ctx else None,
+        )
     try:
         ctx = config.load_context(path, args.context)
     except config.ConfigError as err:
         raise CliError(f"error: {err}") from None
-    return Session(ctx.servers, args.namespace or ctx.namespace, timeout=args.request_timeout)
+    return Session(
+        ctx.servers,
+        args.namespace or ctx.namespace,
+        timeout=args.request_timeout,
+        credentials=ctx.credentials,
+    )
 
 
 async def _run(args: argparse.Namespace) -> int:

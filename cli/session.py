@@ -5,12 +5,20 @@ from __future__ import annotations
 from cli.errors import CliError
 from machinery import errors
 from machinery.client import ApiClient, resolve_kind
+from machinery.credentials import Credentials
 from machinery.kinds import Kind
 
 
 class Session:
-    def __init__(self, servers: list[str], namespace: str, *, timeout: float = 30.0) -> None:
-        self.api = ApiClient(servers, timeout=timeout)
+    def __init__(
+        self,
+        servers: list[str],
+        namespace: str,
+        *,
+        timeout: float = 30.0,
+        credentials: Credentials | None = None,
+    ) -> None:
+        self.api = ApiClient(servers, timeout=timeout, credentials=credentials)
         self.namespace = namespace
 
     def kind(self, name: str) -> Kind:

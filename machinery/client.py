@@ -24,6 +24,7 @@ import grpc
 from machinery import errors, kinds
 from machinery.api import api_pb2, api_pb2_grpc
 from machinery.clock import Clock, RealClock
+from machinery.credentials import Credentials
 from machinery.kinds import Kind
 
 T = TypeVar("T")
@@ -95,7 +96,7 @@ class ApiClient:
         servers: Sequence[str],
         *,
         timeout: float = 30.0,
-        credentials: grpc.ChannelCredentials | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         if not servers:
             raise ValueError("at least one API server address is required")
@@ -110,11 +111,24 @@ class ApiClient:
     def server(self) -> str:
         return self.servers[self._index]
 
+    @property
+    def credentials(self) -> Credentials | None:
+        return self._credentials
+
+    async def set_credentials(self, credentials: Credentials) -> None:
+        """Use new credentials (a rotated certificate) from the next call on.
+
+        The old channel closes, so open watches end and their informers watch again
+        over a connection that presents the new certificate.
+        """
+        self._credentials = credentials
+        await self._drop_channel()
+
     def _objects(self) -> api_pb2_grpc.ObjectsStub:
         if self._stub is None:
             if self._credentials is not None:
                 self._channel = grpc.aio.secure_channel(
-                    self.server, self._credentials, _CHANNEL_OPTIONS
+                    self.server, self._credentials.channel_credentials(), _CHANNEL_OPTIONS
                 )
             else:
                 self._channel = grpc.aio.insecure_channel(self.server, _CHANNEL_OPTIONS)

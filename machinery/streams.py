@@ -29,6 +29,7 @@ import grpc
 from machinery import errors
 from machinery.api import streams_pb2, streams_pb2_grpc
 from machinery.client import error_from_rpc
+from machinery.credentials import Credentials
 
 _OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -44,14 +45,14 @@ class ExecOutput:
 
 
 class StreamsClient:
-    def __init__(
-        self, servers: Sequence[str], *, credentials: grpc.ChannelCredentials | None = None
-    ) -> None:
+    def __init__(self, servers: Sequence[str], *, credentials: Credentials | None = None) -> None:
         if not servers:
             raise ValueError("at least one API server address is required")
         self.server = servers[0]
         if credentials is not None:
-            self._channel = grpc.aio.secure_channel(self.server, credentials, _OPTIONS)
+            self._channel = grpc.aio.secure_channel(
+                self.server, credentials.channel_credentials(), _OPTIONS
+            )
         else:
             self._channel = grpc.aio.insecure_channel(self.server, _OPTIONS)
         self._stub = streams_pb2_grpc.StreamsStub(self._channel)
