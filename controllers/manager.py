@@ -19,7 +19,7 @@ from collections.abc import Callable
 from prometheus_client import start_http_server
 
 from controllers.base import QueueController
-from machinery import leaderelection
+from machinery import connection, leaderelection
 from machinery import log as logsetup
 from machinery.client import ApiClient
 from machinery.clock import Clock, RealClock
@@ -145,9 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="kubelite-controller-manager", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument(
-        "--server", default="127.0.0.1:6443", help="API server addresses, comma-separated"
-    )
+    connection.add_flags(p, default_server="")
     p.add_argument(
         "--controllers", default="", help=f"comma-separated subset of: {', '.join(CONTROLLERS)}"
     )
@@ -182,7 +180,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> int:
-    client = ApiClient([s.strip() for s in args.server.split(",") if s.strip()])
+    try:
+        client = connection.connect(args)
+    except connection.ConnectionConfigError as err:
+        log.error("cannot connect", err=err)
+        return 2
     settings = Settings(
         workers=args.workers,
         node_monitor_grace_period=args.node_monitor_grace_period,

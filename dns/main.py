@@ -14,8 +14,8 @@ from dns.metrics import DnsMetrics
 from dns.records import ClusterRecords
 from dns.resolvconf import upstreams_from_resolv_conf
 from dns.server import DnsServer
+from machinery import connection
 from machinery import log as logsetup
-from machinery.client import ApiClient
 from machinery.informer import Handlers, InformerFactory
 from machinery.log import get_logger
 
@@ -24,9 +24,7 @@ log = get_logger("dns")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="kubelite-dns", description=__doc__)
-    p.add_argument(
-        "--server", default="127.0.0.1:6443", help="API server addresses, comma-separated"
-    )
+    connection.add_flags(p, default_server="")
     p.add_argument(
         "--listen",
         default="127.0.0.1:53",
@@ -67,7 +65,11 @@ async def run(args: argparse.Namespace) -> int:
         upstreams=upstreams,
     )
     records = ClusterRecords()
-    client = ApiClient([s.strip() for s in args.server.split(",") if s.strip()])
+    try:
+        client = connection.connect(args)
+    except connection.ConnectionConfigError as err:
+        log.error("cannot connect", err=err)
+        return 2
     factory = InformerFactory(client)
     factory.informer("services").add_handlers(
         Handlers(

@@ -19,6 +19,7 @@ from hollow.nodes import HollowConfig, HollowNodes
 from machinery import config as client_config
 from machinery import log as logsetup
 from machinery.client import ApiClient
+from machinery.credentials import Credentials
 from machinery.log import get_logger
 
 log = get_logger("hollow")
@@ -98,19 +99,27 @@ def config_from(args: argparse.Namespace) -> HollowConfig:
     )
 
 
-def servers_from(args: argparse.Namespace) -> list[str]:
-    if args.server:
-        return [s.strip() for s in args.server.split(",") if s.strip()]
+def servers_from(args: argparse.Namespace) -> tuple[list[str], Credentials | None]:
+    """The flags' servers and credentials; the client config's current context by default."""
     path = pathlib.Path(args.kubeconfig) if args.kubeconfig else None
-    return client_config.load_context(path).servers
+    if args.server and not args.kubeconfig:
+        return [s.strip() for s in args.server.split(",") if s.strip()], None
+    ctx = client_config.load_context(path)
+    servers = [s.strip() for s in args.server.split(",") if s.strip()] or ctx.servers
+    return servers, ctx.credentials
 
 
-async def run(args: argparse.Namespace, settings: HollowConfig, servers: list[str]) -> int:
+async def run(
+    args: argparse.Namespace,
+    settings: HollowConfig,
+    servers: list[str],
+    credentials: Credentials | None = None,
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with ApiClient(servers) as client:
+    async with ApiClient(servers, credentials=credentials) as client:
         nodes = HollowNodes(client, settings)
         await nodes.start()
         log.info("hollow nodes running", nodes=settings.nodes, server=",".join(servers))
@@ -147,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     logsetup.setup(args.log_level)
     try:
         settings = config_from(args)
-        servers = servers_from(args)
+        servers, credentials = servers_from(args)
     except (ValueError, client_config.ConfigError) as err:
         print(f"hollow: error: {err}", file=sys.stderr)
         return 2
-    return asyncio.run(run(args, settings, servers))
+    return asyncio.run(run(args, settings, servers, credentials))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,20 @@ KINDS: tuple[Kind, ...] = (
     Kind("Node", "nodes", "", "v1", False, ("no",), has_status=True),
     Kind("Event", "events", "", "v1", True, ("ev",)),
     Kind("Lease", "leases", "coordination.k8s.io", "v1", True),
+    Kind("ServiceAccount", "serviceaccounts", "", "v1", True, ("sa",)),
+    Kind("Role", "roles", "rbac.authorization.k8s.io", "v1", True),
+    Kind("ClusterRole", "clusterroles", "rbac.authorization.k8s.io", "v1", False),
+    Kind("RoleBinding", "rolebindings", "rbac.authorization.k8s.io", "v1", True),
+    Kind("ClusterRoleBinding", "clusterrolebindings", "rbac.authorization.k8s.io", "v1", False),
+    Kind(
+        "CertificateSigningRequest",
+        "certificatesigningrequests",
+        "certificates.k8s.io",
+        "v1",
+        False,
+        ("csr",),
+        has_status=True,
+    ),
 )
 
 _BY_NAME: dict[str, Kind] = {}

@@ -13,8 +13,8 @@ import sys
 
 from prometheus_client import start_http_server
 
+from machinery import connection
 from machinery import log as logsetup
-from machinery.client import ApiClient
 from machinery.clock import RealClock
 from machinery.informer import Handlers, InformerFactory
 from machinery.log import get_logger
@@ -31,9 +31,7 @@ log = get_logger("proxy")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="kubelite-proxy", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--server", default="127.0.0.1:6443", help="API server addresses, comma-separated"
-    )
+    connection.add_flags(p, default_server="")
     p.add_argument("--node-name", default="", help="this node's name (for logs)")
     p.add_argument("--node-ip", default="", help="this node's address (for logs)")
     p.add_argument(
@@ -60,7 +58,11 @@ async def run(args: argparse.Namespace) -> int:
         log.info("removed the proxy's rules", result=result)
         return 0
     clock = RealClock()
-    client = ApiClient([s.strip() for s in args.server.split(",") if s.strip()])
+    try:
+        client = connection.connect(args)
+    except connection.ConnectionConfigError as err:
+        log.error("cannot connect", err=err)
+        return 2
     state = ProxyState(clock=clock)
     factory = InformerFactory(client, clock=clock)
     services = factory.informer("services")

@@ -8,17 +8,17 @@ import sys
 
 from prometheus_client import start_http_server
 
-from machinery import leaderelection
+from machinery import connection, leaderelection
 from machinery import log as logsetup
-from machinery.client import ApiClient
+from machinery.log import get_logger
 from scheduler.server import Scheduler
+
+log = get_logger("scheduler")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="kubelite-scheduler", description=__doc__)
-    p.add_argument(
-        "--server", default="127.0.0.1:6443", help="API server addresses, comma-separated"
-    )
+    connection.add_flags(p, default_server="")
     p.add_argument(
         "--scheduler-name", default="default-scheduler", help="schedule Pods naming this"
     )
@@ -39,7 +39,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> int:
-    client = ApiClient([s.strip() for s in args.server.split(",") if s.strip()])
+    try:
+        client = connection.connect(args)
+    except connection.ConnectionConfigError as err:
+        log.error("cannot connect", err=err)
+        return 2
     scheduler = Scheduler(
         client,
         scheduler_name=args.scheduler_name,
