@@ -207,7 +207,24 @@ class ApiServer:
         )
 
     def _token_authenticators(self) -> list[TokenAuthenticator]:
-        return []
+        """Bootstrap tokens and ServiceAccount tokens from the Secrets cache, then the
+        static token file if one is configured (read now: a bad file stops the start)."""
+        from apiserver import tokens
+
+        def key_of(resource: str, namespace: str, name: str) -> str:
+            kind = kinds.by_resource(resource)
+            assert kind is not None
+            return self.registry.key(kind, namespace, name)
+
+        found: list[TokenAuthenticator] = [
+            tokens.BootstrapTokens(self.caches["secrets"], key_of=key_of, clock=self._clock),
+            tokens.ServiceAccountTokens(
+                self.caches["secrets"], self.caches["serviceaccounts"], key_of=key_of
+            ),
+        ]
+        if self.config.token_auth_file:
+            found.append(tokens.StaticTokenFile.read(self.config.token_auth_file))
+        return found
 
     def _authorizers(self) -> list[Authorizer]:
         return []
