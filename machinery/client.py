@@ -39,6 +39,14 @@ _CHANNEL_OPTIONS = [
 ]
 
 
+_READS = frozenset({"Get", "List"})
+
+
+def _never_connected(err: grpc.aio.AioRpcError) -> bool:
+    """Whether the call failed before any server saw it (no connection was made)."""
+    return "failed to connect" in (err.details() or "")
+
+
 @dataclasses.dataclass(frozen=True)
 class ObjectList:
     items: list[dict[str, Any]]
@@ -155,14 +163,27 @@ class ApiClient:
         await self.close()
 
     async def _unary(self, method: str, request: Any, timeout: float | None = None) -> Any:
-        target = self.server
-        try:
-            return await getattr(self._objects(), method)(request, timeout=timeout or self._timeout)
-        except grpc.aio.AioRpcError as err:
-            error = error_from_rpc(err, target)
-            if isinstance(error, errors.Unavailable):
+        """One call; with several servers, an unreachable one is skipped for the next.
+
+        A read is tried on every server in turn. A write moves on only when the
+        connection was never made, so a request a server may have applied before it
+        went away is never sent twice; that failure is the caller's to judge.
+        """
+        for attempt in range(len(self.servers)):
+            target = self.server
+            try:
+                return await getattr(self._objects(), method)(
+                    request, timeout=timeout or self._timeout
+                )
+            except grpc.aio.AioRpcError as err:
+                error = error_from_rpc(err, target)
+                if not isinstance(error, errors.Unavailable):
+                    raise error from None
                 await self._failover()
-            raise error from None
+                last = attempt == len(self.servers) - 1
+                if last or not (method in _READS or _never_connected(err)):
+                    raise error from None
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     # -- verbs ------------------------------------------------------------------------
 
