@@ -1,8 +1,12 @@
-"""Fixtures shared by the whole suite: a real etcd for the session, an API server per test.
+"""Fixtures shared by the whole suite: a real etcd and a cluster CA for the session, an API
+server per test.
 
 Each test gets its own API server in-process on a free port, with a key
 prefix of its own in the session's etcd, so tests never see each other's
-objects and can run in any order.
+objects and can run in any order. The server serves TLS and requires a client
+certificate from the session's CA (tests/tls.py), as the product does, so every
+request a test makes passes authentication and authorization; `client` and
+`admin_kubeconfig` hold the admin identity (system:masters).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import uuid
 import pytest
 
 from deploy.etcd import EtcdProcess, start_etcd
+from tests.tls import ClusterPKI
 
 
 @pytest.fixture(scope="session")
@@ -30,8 +35,13 @@ def etcd_prefix() -> str:
     return f"/kubelite-test-{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture(scope="session")
+def cluster_pki(tmp_path_factory: pytest.TempPathFactory) -> ClusterPKI:
+    return ClusterPKI(tmp_path_factory.mktemp("pki"))
+
+
 @pytest.fixture
-async def apiserver(etcd: EtcdProcess, etcd_prefix: str):
+async def apiserver(etcd: EtcdProcess, etcd_prefix: str, cluster_pki: ClusterPKI):
     from apiserver.server import ApiServer, ServerConfig
 
     server = ApiServer(
@@ -44,6 +54,7 @@ async def apiserver(etcd: EtcdProcess, etcd_prefix: str):
             # Node-agent tests run hostPath and hostNetwork Pods in "default"; Pod Security
             # is tested with the product's default level in test_podsecurity.py.
             pod_security_default_level="privileged",
+            **cluster_pki.server_settings(),
         )
     )
     await server.start()
@@ -53,12 +64,21 @@ async def apiserver(etcd: EtcdProcess, etcd_prefix: str):
 
 
 @pytest.fixture
-async def client(apiserver):
+async def client(apiserver, cluster_pki: ClusterPKI):
     from machinery.client import ApiClient
 
-    api = ApiClient([f"127.0.0.1:{apiserver.port}"], timeout=10)
+    api = ApiClient(
+        [f"127.0.0.1:{apiserver.port}"], timeout=10, credentials=cluster_pki.admin_credentials
+    )
     yield api
     await api.close()
+
+
+@pytest.fixture
+def admin_kubeconfig(apiserver, cluster_pki: ClusterPKI, tmp_path: pathlib.Path) -> pathlib.Path:
+    """A client config for the test's API server as admin: kctl's --config (or
+    $KUBELITE_CONFIG), a component's --kubeconfig."""
+    return cluster_pki.kubeconfig(tmp_path / "admin.kubeconfig", [f"127.0.0.1:{apiserver.port}"])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -13,17 +13,20 @@ from machinery import errors
 from machinery.client import ApiClient
 from machinery.clock import rfc3339
 from tests import objects as o
+from tests.tls import ClusterPKI
 
 
 @contextlib.asynccontextmanager
-async def own_server(endpoint: str, prefix: str = "/registry", **settings):
-    """An API server of the test's own, with settings the shared fixture does not use."""
+async def own_server(pki: ClusterPKI, endpoint: str, prefix: str = "/registry", **settings):
+    """An API server of the test's own, with settings the shared fixture does not use; TLS
+    and a client certificate as everywhere, the client is admin."""
     from apiserver.server import ApiServer, ServerConfig
 
     settings.setdefault("compaction_interval", 0)
+    settings = {**pki.server_settings(), **settings}
     server = ApiServer(ServerConfig([endpoint], listen="127.0.0.1:0", prefix=prefix, **settings))
     await server.start()
-    api = ApiClient([f"127.0.0.1:{server.port}"], timeout=10)
+    api = ApiClient([f"127.0.0.1:{server.port}"], timeout=10, credentials=pki.admin_credentials)
     try:
         await asyncio.wait_for(server.ready.wait(), 30)
         yield api
@@ -322,8 +325,8 @@ async def test_bookmarks_carry_the_current_version(client: ApiClient) -> None:
             break
 
 
-async def test_watch_from_compacted_version_is_too_old(etcd, etcd_prefix) -> None:
-    async with own_server(etcd.endpoint, etcd_prefix, compaction_interval=0.3) as api:
+async def test_watch_from_compacted_version_is_too_old(etcd, etcd_prefix, cluster_pki) -> None:
+    async with own_server(cluster_pki, etcd.endpoint, etcd_prefix, compaction_interval=0.3) as api:
         old = (await api.create("configmaps", o.configmap("old")))["metadata"]["resourceVersion"]
         for i in range(5):
             await api.create("configmaps", o.configmap(f"newer-{i}"))
@@ -337,8 +340,8 @@ async def test_watch_from_compacted_version_is_too_old(etcd, etcd_prefix) -> Non
             await api.list("configmaps", resource_version=old)
 
 
-async def test_watch_window_overflow_is_too_old(etcd, etcd_prefix) -> None:
-    async with own_server(etcd.endpoint, etcd_prefix, watch_cache_capacity=10) as api:
+async def test_watch_window_overflow_is_too_old(etcd, etcd_prefix, cluster_pki) -> None:
+    async with own_server(cluster_pki, etcd.endpoint, etcd_prefix, watch_cache_capacity=10) as api:
         old = (await api.create("configmaps", o.configmap("first")))["metadata"]["resourceVersion"]
         for i in range(15):
             await api.create("configmaps", o.configmap(f"more-{i}"))
@@ -437,8 +440,8 @@ async def test_status_detail_survives_the_wire(client: ApiClient) -> None:
     assert json.dumps(caught.value.causes[0].message)
 
 
-async def test_events_expire_after_their_ttl(etcd, etcd_prefix) -> None:
-    async with own_server(etcd.endpoint, etcd_prefix, event_ttl=1.0) as api:
+async def test_events_expire_after_their_ttl(etcd, etcd_prefix, cluster_pki) -> None:
+    async with own_server(cluster_pki, etcd.endpoint, etcd_prefix, event_ttl=1.0) as api:
         old = o.event("old.1")
         old["lastTimestamp"] = "2020-01-01T00:00:00Z"
         await api.create("events", old)
@@ -456,15 +459,24 @@ def test_apiserver_command_line_parses_every_flag() -> None:
     assert (args.etcd_servers, args.event_ttl, args.compaction_interval) == ("a:1,b:2", 5.0, 0.0)
 
 
-async def test_api_server_rides_out_an_etcd_restart(tmp_path) -> None:
+async def test_api_server_rides_out_an_etcd_restart(tmp_path, cluster_pki) -> None:
     from apiserver.server import ApiServer, ServerConfig
     from deploy.etcd import free_port, start_etcd
 
     client_port, peer_port = free_port(), free_port()
     etcd = start_etcd(tmp_path / "etcd", client_port=client_port, peer_port=peer_port)
-    server = ApiServer(ServerConfig([etcd.endpoint], listen="127.0.0.1:0", compaction_interval=0))
+    server = ApiServer(
+        ServerConfig(
+            [etcd.endpoint],
+            listen="127.0.0.1:0",
+            compaction_interval=0,
+            **cluster_pki.server_settings(),
+        )
+    )
     await server.start()
-    api = ApiClient([f"127.0.0.1:{server.port}"], timeout=5)
+    api = ApiClient(
+        [f"127.0.0.1:{server.port}"], timeout=5, credentials=cluster_pki.admin_credentials
+    )
     try:
         await asyncio.wait_for(server.ready.wait(), 30)
         before = await api.create("configmaps", o.configmap("before"))
