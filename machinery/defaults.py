@@ -11,8 +11,9 @@ Invariants:
 - idempotent: a second call changes nothing, so the server may apply defaults
   to an object read back from the store;
 - only missing fields are filled; a value the client gave is never replaced
-  (one exception, as in Kubernetes: a Namespace's kubernetes.io/metadata.name
-  label always equals its name);
+  (exceptions, as in Kubernetes: a Namespace's kubernetes.io/metadata.name
+  label always equals its name; a CertificateSigningRequest's status is
+  dropped, see _default_csr);
 - never raises on a malformed object: anything of the wrong type is left
   alone for validation to report;
 - JSON nulls in objects are dropped first, as Kubernetes' decoder treats an
@@ -344,6 +345,17 @@ def _default_secret(obj: _Obj) -> None:
     del obj["stringData"]
 
 
+def _default_csr(obj: _Obj) -> None:
+    """A signing request arrives without a status, as Kubernetes' registry strategy makes it.
+
+    Defaults run on create and on updates of the main resource only; an update keeps the
+    stored status whatever it sends, and the status subresource does not pass here. So a
+    requester can never create its request already Approved (which a signer would then
+    sign): approval comes only through an update of the status.
+    """
+    obj.pop("status", None)
+
+
 # Event and Lease have no defaults in Kubernetes' core/v1 and coordination/v1: an Event's
 # `type` is left as the writer set it. ConfigMap has none either.
 _KIND_DEFAULTS: dict[str, Callable[[_Obj], None]] = {
@@ -355,4 +367,5 @@ _KIND_DEFAULTS: dict[str, Callable[[_Obj], None]] = {
     "Namespace": _default_namespace_kind,
     "Node": _default_node,
     "Secret": _default_secret,
+    "CertificateSigningRequest": _default_csr,
 }

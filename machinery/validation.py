@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import datetime
 import functools
 import ipaddress
 import json
@@ -48,7 +49,7 @@ from typing import Any
 import fastjsonschema
 import jsonschema
 
-from machinery import kinds, labels, quantity
+from machinery import kinds, labels, pki, quantity
 from machinery.errors import Cause
 
 # Kubernetes' cause types (metav1.CauseType), the `reason` of every Cause.
@@ -414,10 +415,26 @@ def _check_optional_str(
 
 # -- metadata --------------------------------------------------------------------------------
 
+def _path_segment_problem(name: str) -> str | None:
+    """Kubernetes' rule for names that only have to fit in a URL path (RBAC kinds):
+    system:kube-scheduler is a valid ClusterRole name."""
+    if name in (".", ".."):
+        return "may not be '.' or '..'"
+    if "/" in name or "%" in name:
+        return "may not contain '/' or '%'"
+    if len(name) > 253:
+        return "must be no more than 253 characters"
+    return None
+
+
 # The name rule of each kind; the rest use DNS-1123 subdomains.
 _NAME_RULES: dict[str, Callable[[str], str | None]] = {
     "Namespace": labels.validate_dns1123_label,
     "Service": labels.validate_dns1035_label,
+    "Role": _path_segment_problem,
+    "ClusterRole": _path_segment_problem,
+    "RoleBinding": _path_segment_problem,
+    "ClusterRoleBinding": _path_segment_problem,
 }
 _STANDARD_FINALIZERS = frozenset({"kubernetes", "orphan", "foregroundDeletion"})
 
@@ -1463,6 +1480,8 @@ def _check_secret_type(obj: _Obj, data: _Obj, decoded: dict[str, bytes], errs: E
         annotations = _dict(_dict(obj.get("metadata")).get("annotations"))
         if not annotations.get(SERVICE_ACCOUNT_NAME_ANNOTATION):
             errs.required(f"metadata.annotations[{SERVICE_ACCOUNT_NAME_ANNOTATION}]")
+    elif secret_type == BOOTSTRAP_TOKEN_TYPE:
+        _check_bootstrap_token(obj, decoded, errs)
     elif secret_type == "kubernetes.io/basic-auth" and not {"username", "password"} & set(data):
         # Either may be empty, but one of them must be there.
         errs.required("data[username]", "a basic-auth Secret needs username or password")
@@ -1485,6 +1504,173 @@ def _check_docker_config(raw: bytes, path: str, errs: Errors) -> None:
         return
     if not isinstance(doc, dict):
         errs.invalid(path, _REDACTED, "must be a JSON object")
+
+
+# -- bootstrap tokens, ServiceAccounts, certificate signing requests ---------------------
+
+BOOTSTRAP_TOKEN_TYPE = "bootstrap.kubernetes.io/token"
+_BOOTSTRAP_TOKEN_ID = re.compile(r"[a-z0-9]{6}")
+_BOOTSTRAP_TOKEN_SECRET = re.compile(r"[a-z0-9]{16}")
+_BOOTSTRAP_GROUP = re.compile(r"system:bootstrappers:[a-z0-9:-]{0,255}[a-z0-9]")
+
+
+def _check_bootstrap_token(obj: _Obj, decoded: dict[str, bytes], errs: Errors) -> None:
+    """The shape bootstrap tokens have in Kubernetes: a Secret named bootstrap-token-<id>
+    in kube-system, with the id, the secret and what the token may be used for."""
+    meta = _dict(obj.get("metadata"))
+    if meta.get("namespace") != "kube-system":
+        errs.invalid(
+            "metadata.namespace", meta.get("namespace"), "a bootstrap token lives in kube-system"
+        )
+    text = {k: v.decode("utf-8", "replace") for k, v in decoded.items()}
+    token_id = text.get("token-id")
+    if token_id is None:
+        errs.required("data[token-id]", "a bootstrap token needs its 6-character id")
+    elif not _BOOTSTRAP_TOKEN_ID.fullmatch(token_id):
+        errs.invalid("data[token-id]", token_id, "must be 6 characters of [a-z0-9]")
+    elif meta.get("name") != f"bootstrap-token-{token_id}":
+        errs.invalid("metadata.name", meta.get("name"), f"must be bootstrap-token-{token_id}")
+    secret = text.get("token-secret")
+    if secret is None:
+        errs.required("data[token-secret]", "a bootstrap token needs its 16-character secret")
+    elif not _BOOTSTRAP_TOKEN_SECRET.fullmatch(secret):
+        errs.invalid("data[token-secret]", _REDACTED, "must be 16 characters of [a-z0-9]")
+    if "expiration" in text and not _rfc3339(text["expiration"]):
+        errs.invalid(
+            "data[expiration]",
+            text["expiration"],
+            'must be an RFC 3339 time ("2024-05-01T12:00:00Z")',
+        )
+    for key, value in text.items():
+        if key.startswith("usage-bootstrap-") and value not in ("true", "false"):
+            errs.invalid(f"data[{key}]", value, 'must be "true" or "false"')
+    for group in (g.strip() for g in text.get("auth-extra-groups", "").split(",")):
+        if group and not _BOOTSTRAP_GROUP.fullmatch(group):
+            errs.invalid(
+                "data[auth-extra-groups]",
+                group,
+                "each group must be system:bootstrappers:<name> ([a-z0-9:-])",
+            )
+
+
+def _rfc3339(text: str) -> bool:
+    if not re.fullmatch(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)", text):
+        return False
+    try:
+        datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+def _check_service_account(obj: _Obj, errs: Errors, kind: kinds.Kind) -> None:
+    _check_metadata(obj, errs, kind)
+    for field in ("secrets", "imagePullSecrets"):
+        for i, ref in _dicts(obj.get(field)):
+            _check_required_str(
+                errs, f"{field}[{i}].name", ref.get("name"), labels.validate_dns1123_subdomain
+            )
+
+
+# The signers Kubernetes defines under kubernetes.io; any other name must be <domain>/<path>
+# of a domain that is not kubernetes.io's.
+KNOWN_SIGNERS = (
+    "kubernetes.io/kube-apiserver-client",
+    "kubernetes.io/kube-apiserver-client-kubelet",
+    "kubernetes.io/kubelet-serving",
+    "kubernetes.io/legacy-unknown",
+)
+CSR_CONDITIONS = ("Approved", "Denied", "Failed")
+
+
+def _check_csr(obj: _Obj, errs: Errors, kind: kinds.Kind) -> None:
+    _check_metadata(obj, errs, kind)
+    spec, status = _dict(obj.get("spec")), _dict(obj.get("status"))
+    request = spec.get("request")
+    if isinstance(request, str) and request:
+        problem = _csr_problem(request)
+        if problem:
+            errs.invalid("spec.request", request[:40] + "...", problem)
+    signer = spec.get("signerName")
+    if isinstance(signer, str) and signer:
+        errs.check("spec.signerName", signer, _signer_problem(signer))
+    seen: set[Any] = set()
+    for i, usage in enumerate(_list(spec.get("usages"))):
+        if _seen_before(seen, (usage,)):
+            errs.duplicate(f"spec.usages[{i}]", usage)
+    _check_csr_status(status, errs)
+
+
+@functools.lru_cache(maxsize=256)
+def _csr_problem(request: str) -> str | None:
+    try:
+        pem = base64.b64decode(request, validate=True)
+    except (binascii.Error, ValueError):
+        return "must be base64-encoded (of a PEM certificate signing request)"
+    try:
+        pki.read_csr(pem)
+    except pki.PKIError as err:
+        return str(err)
+    return None
+
+
+def _signer_problem(signer: str) -> str | None:
+    if signer in KNOWN_SIGNERS:
+        return None
+    domain, slash, path = signer.partition("/")
+    if not slash or not path:
+        return (
+            "must be one of " + ", ".join(KNOWN_SIGNERS) + " or a domain-prefixed name "
+            "(example.com/my-signer)"
+        )
+    if domain == "kubernetes.io" or domain.endswith(".kubernetes.io"):
+        return "is not a known kubernetes.io signer (known: " + ", ".join(KNOWN_SIGNERS) + ")"
+    problem = labels.validate_dns1123_subdomain(domain)
+    if problem:
+        return f"the domain before the / {problem}"
+    if len(signer) > 571 or not re.fullmatch(r"[-A-Za-z0-9_.~/]+", path) or "//" in path:
+        return "the path after the domain must be up to 316 characters of [-A-Za-z0-9_.~/]"
+    return None
+
+
+def _check_csr_status(status: _Obj, errs: Errors) -> None:
+    found: dict[str, int] = {}
+    for i, cond in _dicts(status.get("conditions")):
+        ctype = cond.get("type")
+        if not isinstance(ctype, str):
+            continue
+        if ctype in found:
+            errs.duplicate(f"status.conditions[{i}].type", ctype)
+        found.setdefault(ctype, i)
+        if ctype in ("Approved", "Denied") and cond.get("status") not in (None, "True"):
+            errs.not_supported(f"status.conditions[{i}].status", cond.get("status"), ["True"])
+    if "Approved" in found and "Denied" in found:
+        later = max(found["Approved"], found["Denied"])
+        errs.invalid(
+            f"status.conditions[{later}].type",
+            "Approved" if later == found["Approved"] else "Denied",
+            "Approved and Denied conditions are mutually exclusive",
+        )
+    certificate = status.get("certificate")
+    if isinstance(certificate, str) and certificate:
+        if "Approved" not in found:
+            errs.forbidden("status.certificate", "may only be set on an Approved request")
+        problem = _certificate_problem(certificate)
+        if problem:
+            errs.invalid("status.certificate", certificate[:40] + "...", problem)
+
+
+@functools.lru_cache(maxsize=256)
+def _certificate_problem(certificate: str) -> str | None:
+    try:
+        pem = base64.b64decode(certificate, validate=True)
+    except (binascii.Error, ValueError):
+        return "must be base64-encoded (of PEM certificates)"
+    try:
+        pki.load_cert(pem)
+    except pki.PKIError as err:
+        return str(err)
+    return None
 
 
 def _check_node(obj: _Obj, errs: Errors, kind: kinds.Kind) -> None:
@@ -1538,6 +1724,88 @@ def _check_event(obj: _Obj, errs: Errors, kind: kinds.Kind) -> None:
     )
 
 
+# -- RBAC (rbac.authorization.k8s.io/v1) -------------------------------------------------
+
+RBAC_GROUP = "rbac.authorization.k8s.io"
+SUBJECT_KINDS = ("User", "Group", "ServiceAccount")
+# A resource is `name`, `name/subresource`, `*`, `*/subresource` or `name/*`.
+_RULE_RESOURCE = re.compile(r"(\*|[a-z0-9][-a-z0-9.]*)(/(\*|[a-z0-9][-a-z0-9.]*))?")
+
+
+def _check_role(obj: _Obj, errs: Errors, kind: kinds.Kind) -> None:
+    _check_metadata(obj, errs, kind)
+    for i, rule in _dicts(obj.get("rules")):
+        _check_policy_rule(rule, f"rules[{i}]", errs, namespaced=kind.namespaced)
+
+
+def _check_policy_rule(rule: _Obj, path: str, errs: Errors, *, namespaced: bool) -> None:
+    resources, urls = _list(rule.get("resources")), _list(rule.get("nonResourceURLs"))
+    if urls and namespaced:
+        errs.forbidden(
+            f"{path}.nonResourceURLs", "a Role's rules cannot apply to non-resource URLs"
+        )
+    if urls and resources:
+        errs.invalid(
+            f"{path}.nonResourceURLs", urls, "a rule applies to resources or to URLs, not both"
+        )
+    if not urls and not resources:
+        errs.required(f"{path}.resources", "a rule must name resources (or \"*\")")
+    if resources and not _list(rule.get("apiGroups")):
+        errs.required(
+            f"{path}.apiGroups",
+            'a rule with resources must name their API groups ("" is the core group, "*" all)',
+        )
+    for j, resource in enumerate(resources):
+        if isinstance(resource, str) and resource and not _RULE_RESOURCE.fullmatch(resource):
+            errs.invalid(
+                f"{path}.resources[{j}]",
+                resource,
+                'must be a resource such as "pods", a subresource such as "pods/status", or "*"',
+            )
+
+
+def _check_binding(obj: _Obj, errs: Errors, kind: kinds.Kind) -> None:
+    _check_metadata(obj, errs, kind)
+    _check_role_ref(_dict(obj.get("roleRef")), errs, kind)
+    for i, subject in _dicts(obj.get("subjects")):
+        _check_subject(subject, f"subjects[{i}]", errs, namespaced=kind.namespaced)
+
+
+def _check_role_ref(ref: _Obj, errs: Errors, kind: kinds.Kind) -> None:
+    if not ref:
+        return  # the schema reports it missing
+    group, ref_kind, name = ref.get("apiGroup"), ref.get("kind"), ref.get("name")
+    if isinstance(group, str) and group != RBAC_GROUP:
+        errs.not_supported("roleRef.apiGroup", group, [RBAC_GROUP])
+    # A RoleBinding may grant a ClusterRole's rules within its namespace; a
+    # ClusterRoleBinding can only grant a ClusterRole, a Role having no cluster-wide meaning.
+    allowed = ("Role", "ClusterRole") if kind.namespaced else ("ClusterRole",)
+    if isinstance(ref_kind, str) and ref_kind not in allowed:
+        errs.not_supported("roleRef.kind", ref_kind, allowed)
+    _check_optional_str(errs, "roleRef.name", name, _path_segment_problem)
+
+
+def _check_subject(subject: _Obj, path: str, errs: Errors, *, namespaced: bool) -> None:
+    kind, name = subject.get("kind"), subject.get("name")
+    group, namespace = subject.get("apiGroup", ""), subject.get("namespace", "")
+    if kind == "ServiceAccount":
+        if group:
+            errs.not_supported(f"{path}.apiGroup", group, [""])
+        _check_optional_str(errs, f"{path}.name", name, labels.validate_dns1123_subdomain)
+        if not namespace and not namespaced:
+            errs.required(
+                f"{path}.namespace", "a ServiceAccount subject of a ClusterRoleBinding needs one"
+            )
+        _check_optional_str(
+            errs, f"{path}.namespace", namespace, labels.validate_dns1123_label
+        )
+    elif kind in ("User", "Group"):
+        if group != RBAC_GROUP:
+            errs.not_supported(f"{path}.apiGroup", group, [RBAC_GROUP])
+        if namespace:
+            errs.forbidden(f"{path}.namespace", f"a {kind} subject has no namespace")
+
+
 def _check_plain(obj: _Obj, errs: Errors, kind: kinds.Kind) -> None:
     _check_metadata(obj, errs, kind)
 
@@ -1559,6 +1827,12 @@ _KIND_CHECKS: dict[str, Callable[[_Obj, Errors, kinds.Kind], None]] = {
     "Node": _check_node,
     "Event": _check_event,
     "Lease": _check_plain,
+    "Role": _check_role,
+    "ClusterRole": _check_role,
+    "RoleBinding": _check_binding,
+    "ClusterRoleBinding": _check_binding,
+    "ServiceAccount": _check_service_account,
+    "CertificateSigningRequest": _check_csr,
 }
 
 
@@ -1707,6 +1981,21 @@ def _update_secret(old: _Obj, new: _Obj, errs: Errors) -> None:
         errs.forbidden("data", "field is immutable when `immutable` is set")
 
 
+def _update_csr(old: _Obj, new: _Obj, errs: Errors) -> None:
+    """A signing request is a record of what was asked: its spec never changes."""
+    changed = _changed_fields(_dict(old.get("spec")), _dict(new.get("spec")), "spec")
+    if changed:
+        shown = ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else "")
+        errs.forbidden("spec", f"field is immutable after create; changed: {shown}")
+
+
+def _update_binding(old: _Obj, new: _Obj, errs: Errors) -> None:
+    """A binding's roleRef never changes: moving a grant to another role is a new binding,
+    so whoever may edit subjects cannot quietly widen what they are granted."""
+    if old.get("roleRef") != new.get("roleRef"):
+        errs.invalid("roleRef", new.get("roleRef"), "cannot change roleRef")
+
+
 _UPDATE_CHECKS: dict[str, Callable[[_Obj, _Obj, Errors], None]] = {
     "Pod": _update_pod,
     "ReplicaSet": _update_workload,
@@ -1715,4 +2004,7 @@ _UPDATE_CHECKS: dict[str, Callable[[_Obj, _Obj, Errors], None]] = {
     "Node": _update_node,
     "ConfigMap": _update_config_map,
     "Secret": _update_secret,
+    "RoleBinding": _update_binding,
+    "ClusterRoleBinding": _update_binding,
+    "CertificateSigningRequest": _update_csr,
 }
