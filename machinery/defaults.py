@@ -356,6 +356,18 @@ def _default_csr(obj: _Obj) -> None:
     obj.pop("status", None)
 
 
+def _default_binding(obj: _Obj) -> None:
+    """A subject's apiGroup, as Kubernetes' SetDefaults_Subject fills it: the RBAC group
+    for users and groups, the core group for ServiceAccounts."""
+    for subject in _items(obj, "subjects"):
+        if "apiGroup" not in subject and isinstance(subject.get("kind"), str):
+            kind = subject["kind"]
+            if kind in ("User", "Group"):
+                subject["apiGroup"] = "rbac.authorization.k8s.io"
+            elif kind == "ServiceAccount":
+                subject["apiGroup"] = ""
+
+
 # Event and Lease have no defaults in Kubernetes' core/v1 and coordination/v1: an Event's
 # `type` is left as the writer set it. ConfigMap has none either.
 _KIND_DEFAULTS: dict[str, Callable[[_Obj], None]] = {
@@ -367,5 +379,7 @@ _KIND_DEFAULTS: dict[str, Callable[[_Obj], None]] = {
     "Namespace": _default_namespace_kind,
     "Node": _default_node,
     "Secret": _default_secret,
+    "RoleBinding": _default_binding,
+    "ClusterRoleBinding": _default_binding,
     "CertificateSigningRequest": _default_csr,
 }

@@ -415,6 +415,7 @@ def _check_optional_str(
 
 # -- metadata --------------------------------------------------------------------------------
 
+
 def _path_segment_problem(name: str) -> str | None:
     """Kubernetes' rule for names that only have to fit in a URL path (RBAC kinds):
     system:kube-scheduler is a valid ClusterRole name."""
@@ -1749,7 +1750,7 @@ def _check_policy_rule(rule: _Obj, path: str, errs: Errors, *, namespaced: bool)
             f"{path}.nonResourceURLs", urls, "a rule applies to resources or to URLs, not both"
         )
     if not urls and not resources:
-        errs.required(f"{path}.resources", "a rule must name resources (or \"*\")")
+        errs.required(f"{path}.resources", 'a rule must name resources (or "*")')
     if resources and not _list(rule.get("apiGroups")):
         errs.required(
             f"{path}.apiGroups",
@@ -1796,9 +1797,7 @@ def _check_subject(subject: _Obj, path: str, errs: Errors, *, namespaced: bool) 
             errs.required(
                 f"{path}.namespace", "a ServiceAccount subject of a ClusterRoleBinding needs one"
             )
-        _check_optional_str(
-            errs, f"{path}.namespace", namespace, labels.validate_dns1123_label
-        )
+        _check_optional_str(errs, f"{path}.namespace", namespace, labels.validate_dns1123_label)
     elif kind in ("User", "Group"):
         if group != RBAC_GROUP:
             errs.not_supported(f"{path}.apiGroup", group, [RBAC_GROUP])
