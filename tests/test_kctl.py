@@ -7,13 +7,13 @@ import json
 import os
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
 
 from deploy.etcd import free_port
 from machinery import errors
-from machinery.client import ApiClient
 from tests import objects as o
 
 MANIFEST = textwrap.dedent(
@@ -71,19 +71,20 @@ MANIFEST = textwrap.dedent(
 
 
 async def kctl(
-    apiserver,
+    kubeconfig: Path,
     *args: str,
     stdin: str | None = None,
     env: dict | None = None,
     server: str | None = None,
 ) -> tuple[int, str, str]:
-    target = server or f"127.0.0.1:{apiserver.port}"
+    """kctl as its user runs it: servers and the admin's certificate from the client config."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "cli.main",
-        "--server",
-        target,
+        "--config",
+        str(kubeconfig),
+        *(["--server", server] if server else []),
         *args,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
@@ -94,10 +95,12 @@ async def kctl(
     return process.returncode, out.decode(), err.decode()
 
 
-async def test_apply_creates_then_reports_unchanged_then_configures(apiserver, tmp_path) -> None:
+async def test_apply_creates_then_reports_unchanged_then_configures(
+    admin_kubeconfig, client, tmp_path
+) -> None:
     path = tmp_path / "shop.yaml"
     path.write_text(MANIFEST)
-    code, out, err = await kctl(apiserver, "apply", "-f", str(path))
+    code, out, err = await kctl(admin_kubeconfig, "apply", "-f", str(path))
     assert code == 0, err
     assert out.splitlines() == [
         "namespace/shop created",
@@ -105,32 +108,31 @@ async def test_apply_creates_then_reports_unchanged_then_configures(apiserver, t
         "deployment.apps/shop-web created",
         "service/shop-web created",
     ]
-    code, out, _ = await kctl(apiserver, "apply", "-f", str(path))
+    code, out, _ = await kctl(admin_kubeconfig, "apply", "-f", str(path))
     assert code == 0 and all(line.endswith(" unchanged") for line in out.splitlines())
 
     changed = MANIFEST.replace("  colour: blue\n", "").replace("replicas: 2", "replicas: 3")
     path.write_text(changed)
-    code, out, err = await kctl(apiserver, "apply", "-f", str(path))
+    code, out, err = await kctl(admin_kubeconfig, "apply", "-f", str(path))
     assert code == 0, err
     assert (
         "configmap/shop-config configured" in out and "deployment.apps/shop-web configured" in out
     )
-    async with ApiClient([f"127.0.0.1:{apiserver.port}"]) as api:
-        cm = await api.get("configmaps", "shop-config", namespace="shop")
-        assert cm["data"] == {"greeting": "hello"}  # a field removed from the manifest is removed
-        deploy = await api.get("deployments", "shop-web", namespace="shop")
-        assert deploy["spec"]["replicas"] == 3
+    cm = await client.get("configmaps", "shop-config", namespace="shop")
+    assert cm["data"] == {"greeting": "hello"}  # a field removed from the manifest is removed
+    deploy = await client.get("deployments", "shop-web", namespace="shop")
+    assert deploy["spec"]["replicas"] == 3
 
 
-async def test_apply_from_stdin_and_directory(apiserver, tmp_path) -> None:
+async def test_apply_from_stdin_and_directory(admin_kubeconfig, tmp_path) -> None:
     code, out, err = await kctl(
-        apiserver, "apply", "-f", "-", stdin=yaml.safe_dump(o.configmap("from-stdin"))
+        admin_kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump(o.configmap("from-stdin"))
     )
     assert (code, out.strip()) == (0, "configmap/from-stdin created"), err
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(o.configmap("dir-a")))
     (tmp_path / "b.json").write_text(json.dumps(o.configmap("dir-b")))
     (tmp_path / "notes.txt").write_text("not a manifest")
-    code, out, err = await kctl(apiserver, "apply", "-f", str(tmp_path))
+    code, out, err = await kctl(admin_kubeconfig, "apply", "-f", str(tmp_path))
     assert code == 0, err
     assert out.splitlines() == ["configmap/dir-a created", "configmap/dir-b created"]
 
@@ -145,35 +147,36 @@ BAD_INPUT = [
 
 
 @pytest.mark.parametrize(("text", "message"), BAD_INPUT)
-async def test_bad_manifest_is_a_clear_error(apiserver, tmp_path, text: str, message: str) -> None:
+async def test_bad_manifest_is_a_clear_error(
+    admin_kubeconfig, tmp_path, text: str, message: str
+) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    code, out, err = await kctl(apiserver, "apply", "-f", str(path))
+    code, out, err = await kctl(admin_kubeconfig, "apply", "-f", str(path))
     assert code != 0
     assert message in err and "bad.yaml" in err
     assert len(err.strip().splitlines()) == 1
 
 
-async def test_invalid_object_error_lists_fields_and_fails(apiserver) -> None:
+async def test_invalid_object_error_lists_fields_and_fails(admin_kubeconfig) -> None:
     bad = o.deployment("Web_App")
     del bad["spec"]["template"]["spec"]["containers"][0]["image"]
-    code, _, err = await kctl(apiserver, "apply", "-f", "-", stdin=yaml.safe_dump(bad))
+    code, _, err = await kctl(admin_kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump(bad))
     assert code == 1
     assert "Error from server (Invalid)" in err
     assert "spec.template.spec.containers[0].image: Required value" in err
     assert "(from - (document 1))" in err
 
 
-async def test_get_prints_kubectl_columns_and_formats(apiserver) -> None:
-    async with ApiClient([f"127.0.0.1:{apiserver.port}"]) as api:
-        await api.create("pods", o.pod("web-1", node="node-1"))
-        await api.create("pods", o.pod("web-2"))
-    code, out, _ = await kctl(apiserver, "get", "pods")
+async def test_get_prints_kubectl_columns_and_formats(admin_kubeconfig, client) -> None:
+    await client.create("pods", o.pod("web-1", node="node-1"))
+    await client.create("pods", o.pod("web-2"))
+    code, out, _ = await kctl(admin_kubeconfig, "get", "pods")
     lines = out.splitlines()
     assert code == 0
     assert lines[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
     assert lines[1].split()[:4] == ["web-1", "0/1", "Pending", "0"]
-    code, out, _ = await kctl(apiserver, "get", "po", "-o", "wide")
+    code, out, _ = await kctl(admin_kubeconfig, "get", "po", "-o", "wide")
     assert out.splitlines()[0].split() == [
         "NAME",
         "READY",
@@ -184,94 +187,90 @@ async def test_get_prints_kubectl_columns_and_formats(apiserver) -> None:
         "NODE",
     ]
     assert out.splitlines()[1].split()[-1] == "node-1"
-    code, out, _ = await kctl(apiserver, "get", "pods", "-o", "json")
+    code, out, _ = await kctl(admin_kubeconfig, "get", "pods", "-o", "json")
     listed = json.loads(out)
     assert listed["kind"] == "List" and len(listed["items"]) == 2
-    code, out, _ = await kctl(apiserver, "get", "pod", "web-1", "-o", "yaml")
+    code, out, _ = await kctl(admin_kubeconfig, "get", "pod", "web-1", "-o", "yaml")
     assert yaml.safe_load(out)["metadata"]["name"] == "web-1"
-    code, out, _ = await kctl(apiserver, "get", "pods", "-o", "name")
+    code, out, _ = await kctl(admin_kubeconfig, "get", "pods", "-o", "name")
     assert out.split() == ["pod/web-1", "pod/web-2"]
     code, out, _ = await kctl(
-        apiserver, "get", "pods", "-A", "--field-selector", "spec.nodeName=node-1"
+        admin_kubeconfig, "get", "pods", "-A", "--field-selector", "spec.nodeName=node-1"
     )
     assert out.splitlines()[0].split()[0] == "NAMESPACE" and "web-1" in out and "web-2" not in out
-    code, out, _ = await kctl(apiserver, "get", "ns")
+    code, out, _ = await kctl(admin_kubeconfig, "get", "ns")
     assert {"default", "kube-system"} <= {line.split()[0] for line in out.splitlines()[1:]}
 
 
-async def test_get_missing_object_and_unknown_kind_fail(apiserver) -> None:
-    code, _, err = await kctl(apiserver, "get", "pod", "ghost")
+async def test_get_missing_object_and_unknown_kind_fail(admin_kubeconfig) -> None:
+    code, _, err = await kctl(admin_kubeconfig, "get", "pod", "ghost")
     assert code == 1 and err.strip() == 'Error from server (NotFound): pods "ghost" not found'
-    code, _, err = await kctl(apiserver, "get", "widgets")
+    code, _, err = await kctl(admin_kubeconfig, "get", "widgets")
     assert code == 1 and 'doesn\'t have a resource type "widgets"' in err
 
 
-async def test_unreachable_server_error_names_the_address(apiserver) -> None:
+async def test_unreachable_server_error_names_the_address(admin_kubeconfig) -> None:
     dead = f"127.0.0.1:{free_port()}"
-    code, _, err = await kctl(apiserver, "get", "pods", server=dead)
+    code, _, err = await kctl(admin_kubeconfig, "get", "pods", server=dead)
     assert code == 1
     assert dead in err and "unreachable" in err
 
 
-async def test_describe_shows_events(apiserver) -> None:
-    async with ApiClient([f"127.0.0.1:{apiserver.port}"]) as api:
-        pod = await api.create("pods", o.pod("described"))
-        event = o.event("described.1", about="described")
-        event["involvedObject"]["uid"] = pod["metadata"]["uid"]
-        event["reason"] = "FailedScheduling"
-        event["type"] = "Warning"
-        event["message"] = "0/3 nodes are available: 3 Insufficient cpu."
-        await api.create("events", event)
-    code, out, err = await kctl(apiserver, "describe", "pod", "described")
+async def test_describe_shows_events(admin_kubeconfig, client) -> None:
+    pod = await client.create("pods", o.pod("described"))
+    event = o.event("described.1", about="described")
+    event["involvedObject"]["uid"] = pod["metadata"]["uid"]
+    event["reason"] = "FailedScheduling"
+    event["type"] = "Warning"
+    event["message"] = "0/3 nodes are available: 3 Insufficient cpu."
+    await client.create("events", event)
+    code, out, err = await kctl(admin_kubeconfig, "describe", "pod", "described")
     assert code == 0, err
     assert "Name:" in out and "described" in out
     assert "FailedScheduling" in out and "0/3 nodes are available: 3 Insufficient cpu." in out
 
 
-async def test_delete_cascades_and_waits(apiserver) -> None:
+async def test_delete_cascades_and_waits(admin_kubeconfig, client) -> None:
     from machinery.meta import owner_reference
 
-    async with ApiClient([f"127.0.0.1:{apiserver.port}"]) as api:
-        rs = await api.create("replicasets", o.replicaset("cascade"))
-        await api.create("pods", o.pod("cascade-a", owner=owner_reference(rs)))
-        code, out, err = await kctl(apiserver, "delete", "rs", "cascade", "--cascade=foreground")
-        assert code == 0, err
-        assert out.strip() == "replicaset.apps/cascade deleted"
-        for resource, name in (("replicasets", "cascade"), ("pods", "cascade-a")):
-            with pytest.raises(errors.NotFound):
-                await api.get(resource, name)
-    code, _, err = await kctl(apiserver, "delete", "rs", "cascade")
+    rs = await client.create("replicasets", o.replicaset("cascade"))
+    await client.create("pods", o.pod("cascade-a", owner=owner_reference(rs)))
+    code, out, err = await kctl(admin_kubeconfig, "delete", "rs", "cascade", "--cascade=foreground")
+    assert code == 0, err
+    assert out.strip() == "replicaset.apps/cascade deleted"
+    for resource, name in (("replicasets", "cascade"), ("pods", "cascade-a")):
+        with pytest.raises(errors.NotFound):
+            await client.get(resource, name)
+    code, _, err = await kctl(admin_kubeconfig, "delete", "rs", "cascade")
     assert code == 1 and "NotFound" in err
-    code, _, _ = await kctl(apiserver, "delete", "rs", "cascade", "--ignore-not-found")
+    code, _, _ = await kctl(admin_kubeconfig, "delete", "rs", "cascade", "--ignore-not-found")
     assert code == 0
 
 
-async def test_create_namespace_and_edit(apiserver, tmp_path) -> None:
-    code, out, _ = await kctl(apiserver, "create", "namespace", "team-b")
+async def test_create_namespace_and_edit(admin_kubeconfig, client, tmp_path) -> None:
+    code, out, _ = await kctl(admin_kubeconfig, "create", "namespace", "team-b")
     assert (code, out.strip()) == (0, "namespace/team-b created")
-    async with ApiClient([f"127.0.0.1:{apiserver.port}"]) as api:
-        await api.create(
-            "configmaps", o.configmap("editable", namespace="team-b", data={"k": "old"})
-        )
+    await client.create(
+        "configmaps", o.configmap("editable", namespace="team-b", data={"k": "old"})
+    )
     editor = tmp_path / "editor.sh"
     editor.write_text("#!/bin/sh\nsed -i 's/k: old/k: new/' \"$1\"\n")
     editor.chmod(0o755)
     code, out, err = await kctl(
-        apiserver, "-n", "team-b", "edit", "cm/editable", env={"EDITOR": str(editor)}
+        admin_kubeconfig, "-n", "team-b", "edit", "cm/editable", env={"EDITOR": str(editor)}
     )
     assert code == 0, err
     assert out.strip() == "configmap/editable edited"
-    async with ApiClient([f"127.0.0.1:{apiserver.port}"]) as api:
-        assert (await api.get("configmaps", "editable", namespace="team-b"))["data"] == {"k": "new"}
+    assert (await client.get("configmaps", "editable", namespace="team-b"))["data"] == {"k": "new"}
 
 
-async def test_get_watch_prints_changes(apiserver) -> None:
+async def test_get_watch_prints_changes(admin_kubeconfig, client) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "cli.main",
-        "--server",
-        f"127.0.0.1:{apiserver.port}",
+        "--config",
+        str(admin_kubeconfig),
         "get",
         "cm",
         "-w",
@@ -279,13 +278,12 @@ async def test_get_watch_prints_changes(apiserver) -> None:
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        async with ApiClient([f"127.0.0.1:{apiserver.port}"]) as api:
-            await asyncio.sleep(0.5)
-            await api.create("configmaps", o.configmap("watched"))
+        await asyncio.sleep(0.5)
+        await client.create("configmaps", o.configmap("watched"))
+        line = await asyncio.wait_for(process.stdout.readline(), 30)
+        while b"watched" not in line:
             line = await asyncio.wait_for(process.stdout.readline(), 30)
-            while b"watched" not in line:
-                line = await asyncio.wait_for(process.stdout.readline(), 30)
-            assert line.split()[0] == b"watched"
+        assert line.split()[0] == b"watched"
     finally:
         process.terminate()
         await process.wait()

@@ -131,49 +131,51 @@ def test_plan_drain(pods, args, want) -> None:
 # -- end to end ----------------------------------------------------------------------------------
 
 
-async def test_cordon_and_uncordon(apiserver, client: ApiClient) -> None:
+async def test_cordon_and_uncordon(admin_kubeconfig, client: ApiClient) -> None:
     await client.create("nodes", o.node("n1"))
-    assert (await kctl(apiserver, "cordon", "n1"))[:2] == (0, "node/n1 cordoned\n")
+    assert (await kctl(admin_kubeconfig, "cordon", "n1"))[:2] == (0, "node/n1 cordoned\n")
     assert (await client.get("nodes", "n1"))["spec"]["unschedulable"] is True
-    assert (await kctl(apiserver, "cordon", "n1"))[:2] == (0, "node/n1 already cordoned\n")
-    assert (await kctl(apiserver, "uncordon", "n1"))[:2] == (0, "node/n1 uncordoned\n")
+    assert (await kctl(admin_kubeconfig, "cordon", "n1"))[:2] == (0, "node/n1 already cordoned\n")
+    assert (await kctl(admin_kubeconfig, "uncordon", "n1"))[:2] == (0, "node/n1 uncordoned\n")
     assert "unschedulable" not in (await client.get("nodes", "n1"))["spec"]
-    code, _, err = await kctl(apiserver, "cordon", "missing")
+    code, _, err = await kctl(admin_kubeconfig, "cordon", "missing")
     assert code == 1 and 'nodes "missing" not found' in err
 
 
-async def test_taint_add_overwrite_and_remove(apiserver, client: ApiClient) -> None:
+async def test_taint_add_overwrite_and_remove(admin_kubeconfig, client: ApiClient) -> None:
     await client.create("nodes", o.node("n1"))
 
     async def taints():
         return (await client.get("nodes", "n1"))["spec"].get("taints", [])
 
-    code, out, err = await kctl(apiserver, "taint", "node", "n1", "dedicated=gpu:NoSchedule")
+    code, out, err = await kctl(admin_kubeconfig, "taint", "node", "n1", "dedicated=gpu:NoSchedule")
     assert (code, out) == (0, "node/n1 tainted\n"), err
-    code, _, err = await kctl(apiserver, "taint", "nodes", "n1", "dedicated=cpu:NoSchedule")
+    code, _, err = await kctl(admin_kubeconfig, "taint", "nodes", "n1", "dedicated=cpu:NoSchedule")
     assert code == 1 and "--overwrite is false" in err
     code, _, err = await kctl(
-        apiserver, "taint", "no", "n1", "dedicated=cpu:NoSchedule", "--overwrite"
+        admin_kubeconfig, "taint", "no", "n1", "dedicated=cpu:NoSchedule", "--overwrite"
     )
     assert code == 0, err
     assert await taints() == [{"key": "dedicated", "value": "cpu", "effect": "NoSchedule"}]
 
-    code, out, _ = await kctl(apiserver, "taint", "node", "n1", "evict-me:NoExecute")
+    code, out, _ = await kctl(admin_kubeconfig, "taint", "node", "n1", "evict-me:NoExecute")
     assert code == 0
     no_execute = [t for t in await taints() if t["effect"] == "NoExecute"]
     assert no_execute[0]["timeAdded"]
 
-    code, out, _ = await kctl(apiserver, "taint", "node", "n1", "dedicated:NoSchedule-")
+    code, out, _ = await kctl(admin_kubeconfig, "taint", "node", "n1", "dedicated:NoSchedule-")
     assert (code, out) == (0, "node/n1 untainted\n")
-    code, out, _ = await kctl(apiserver, "taint", "node", "n1", "evict-me-", "x=y:NoSchedule")
+    code, out, _ = await kctl(
+        admin_kubeconfig, "taint", "node", "n1", "evict-me-", "x=y:NoSchedule"
+    )
     assert (code, out) == (0, "node/n1 modified\n")
     assert await taints() == [{"key": "x", "value": "y", "effect": "NoSchedule"}]
 
-    code, _, err = await kctl(apiserver, "taint", "node", "n1", "absent:NoSchedule-")
+    code, _, err = await kctl(admin_kubeconfig, "taint", "node", "n1", "absent:NoSchedule-")
     assert code == 1 and 'taint "absent:NoSchedule" not found' in err
-    code, _, err = await kctl(apiserver, "taint", "node", "n1", "k=v:Sometimes")
+    code, _, err = await kctl(admin_kubeconfig, "taint", "node", "n1", "k=v:Sometimes")
     assert code == 1 and 'invalid taint effect "Sometimes"' in err
-    code, _, err = await kctl(apiserver, "taint", "pods", "n1", "k=v:NoSchedule")
+    code, _, err = await kctl(admin_kubeconfig, "taint", "pods", "n1", "k=v:NoSchedule")
     assert code == 1 and "taint applies to nodes only" in err
 
 
@@ -182,20 +184,20 @@ async def _owned_pod(client: ApiClient, name: str, node: str, rs: dict) -> None:
     await client.create("pods", pod)
 
 
-async def test_drain_refuses_unmanaged_pods_then_forces_them_out(apiserver, client) -> None:
+async def test_drain_refuses_unmanaged_pods_then_forces_them_out(admin_kubeconfig, client) -> None:
     await client.create("nodes", o.node("n1"))
     rs = await client.create("replicasets", o.replicaset("web"))
     await _owned_pod(client, "web-a", "n1", rs)
     await client.create("pods", o.pod("solo", node="n1"))
     await _owned_pod(client, "web-b", "n2", rs)
 
-    code, out, err = await kctl(apiserver, "drain", "n1")
+    code, out, err = await kctl(admin_kubeconfig, "drain", "n1")
     assert code == 1
     assert out == "node/n1 cordoned\n"
     assert "cannot delete Pods that declare no controller" in err and "default/solo" in err
     assert not await gone(client, "pods", "web-a", "default")
 
-    code, out, err = await kctl(apiserver, "drain", "n1", "--force", "--grace-period", "0")
+    code, out, err = await kctl(admin_kubeconfig, "drain", "n1", "--force", "--grace-period", "0")
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == "node/n1 already cordoned"
@@ -207,18 +209,20 @@ async def test_drain_refuses_unmanaged_pods_then_forces_them_out(apiserver, clie
     assert not await gone(client, "pods", "web-b", "default")  # on another node
 
 
-async def test_drain_waits_for_graceful_deletion_and_times_out_clearly(apiserver, client) -> None:
+async def test_drain_waits_for_graceful_deletion_and_times_out_clearly(
+    admin_kubeconfig, client
+) -> None:
     await client.create("nodes", o.node("n1"))
     rs = await client.create("replicasets", o.replicaset("web"))
     await _owned_pod(client, "slow", "n1", rs)
-    code, _, err = await kctl(apiserver, "drain", "n1", "--timeout", "1")
+    code, _, err = await kctl(admin_kubeconfig, "drain", "n1", "--timeout", "1")
     assert code == 1 and "timed out after 1s" in err and "default/slow" in err
 
     await play_kubelet(client, "default", "slow")
 
     await _owned_pod(client, "fine", "n1", rs)
     kubelet = asyncio.create_task(play_kubelet(client, "default", "fine"))
-    code, out, err = await kctl(apiserver, "drain", "n1", "--timeout", "60")
+    code, out, err = await kctl(admin_kubeconfig, "drain", "n1", "--timeout", "60")
     await kubelet
     assert code == 0, err
     assert out.splitlines() == [

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,13 +28,13 @@ from tests.controllers.workload_harness import (
 )
 
 
-def _argv(apiserver, args: tuple[str, ...]) -> list[str]:
-    return [sys.executable, "-m", "cli.main", "--server", f"127.0.0.1:{apiserver.port}", *args]
+def _argv(kubeconfig: Path, args: tuple[str, ...]) -> list[str]:
+    return [sys.executable, "-m", "cli.main", "--config", str(kubeconfig), *args]
 
 
-async def kctl(apiserver, *args: str) -> tuple[int, str, str]:
+async def kctl(kubeconfig: Path, *args: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        *_argv(apiserver, args),
+        *_argv(kubeconfig, args),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=dict(os.environ),
@@ -55,9 +56,11 @@ def _complete(want: int):
     return check
 
 
-async def test_run_builds_the_deployment_from_its_flags(apiserver, client: ApiClient) -> None:
+async def test_run_builds_the_deployment_from_its_flags(
+    admin_kubeconfig, client: ApiClient
+) -> None:
     code, out, err = await kctl(
-        apiserver,
+        admin_kubeconfig,
         "run",
         "httpd-app",
         "--image=httpd:2.4",
@@ -94,7 +97,7 @@ async def test_run_builds_the_deployment_from_its_flags(apiserver, client: ApiCl
     assert container["args"] == ["httpd-foreground", "-X"] and "command" not in container
 
     code, out, err = await kctl(
-        apiserver, "run", "sleeper", "--image=busybox", "--command", "--", "sleep", "3600"
+        admin_kubeconfig, "run", "sleeper", "--image=busybox", "--command", "--", "sleep", "3600"
     )
     assert code == 0, err
     sleeper = await client.get("deployments", "sleeper")
@@ -142,46 +145,48 @@ BAD_RUNS = [
 
 @pytest.mark.parametrize(("args", "message"), BAD_RUNS)
 async def test_run_refuses_bad_input(
-    apiserver, client: ApiClient, args: list[str], message: str
+    admin_kubeconfig, client: ApiClient, args: list[str], message: str
 ) -> None:
-    code, _, err = await kctl(apiserver, *args)
+    code, _, err = await kctl(admin_kubeconfig, *args)
     assert code != 0
     assert message in err
     assert (await client.list("deployments", namespace="default")).items == []
 
 
-async def test_scale_and_set_image_roll_the_deployment(apiserver, client: ApiClient) -> None:
+async def test_scale_and_set_image_roll_the_deployment(admin_kubeconfig, client: ApiClient) -> None:
     async with Controllers(client), Readier(client):
-        code, _, err = await kctl(apiserver, "run", "web", "--image=httpd:1")
+        code, _, err = await kctl(admin_kubeconfig, "run", "web", "--image=httpd:1")
         assert code == 0, err
-        code, out, err = await kctl(apiserver, "scale", "deploy/web", "--replicas=3")
+        code, out, err = await kctl(admin_kubeconfig, "scale", "deploy/web", "--replicas=3")
         assert (code, out.strip()) == (0, "deployment.apps/web scaled"), err
         await wait_for_object(client, "deployments", "web", _complete(3))
 
-        code, out, err = await kctl(apiserver, "set", "image", "deploy/web", "web=httpd:2")
+        code, out, err = await kctl(admin_kubeconfig, "set", "image", "deploy/web", "web=httpd:2")
         assert (code, out.strip()) == (0, "deployment.apps/web image updated"), err
         await wait_for_object(client, "deployments", "web", _complete(3))
         pods = await client.list("pods", namespace="default", label_selector="app=web")
         assert {image_of(p) for p in pods.items if not meta.is_deleting(p)} == {"httpd:2"}
-        code, out, _ = await kctl(apiserver, "set", "image", "deployment", "web", "web=httpd:2")
+        code, out, _ = await kctl(
+            admin_kubeconfig, "set", "image", "deployment", "web", "web=httpd:2"
+        )
         assert (code, out.strip()) == (0, "deployment.apps/web image unchanged")
 
-    code, _, err = await kctl(apiserver, "set", "image", "deploy/web", "sidecar=envoy")
+    code, _, err = await kctl(admin_kubeconfig, "set", "image", "deploy/web", "sidecar=envoy")
     assert code == 1 and 'unable to find container named "sidecar"' in err and "web" in err
-    code, _, err = await kctl(apiserver, "scale", "pod/web", "--replicas=2")
+    code, _, err = await kctl(admin_kubeconfig, "scale", "pod/web", "--replicas=2")
     assert code == 1 and "scale works on deployments and replicasets, not on pods" in err
     code, _, err = await kctl(
-        apiserver, "scale", "deploy/web", "--replicas=1", "--current-replicas=5"
+        admin_kubeconfig, "scale", "deploy/web", "--replicas=1", "--current-replicas=5"
     )
     assert code == 1 and "expected 5 replicas of deployment.apps/web, found 3" in err
-    code, _, err = await kctl(apiserver, "scale", "deploy/ghost", "--replicas=1")
+    code, _, err = await kctl(admin_kubeconfig, "scale", "deploy/ghost", "--replicas=1")
     assert code == 1 and 'Error from server (NotFound): deployments "ghost" not found' in err
 
 
-async def test_scale_a_replicaset(apiserver, client: ApiClient) -> None:
+async def test_scale_a_replicaset(admin_kubeconfig, client: ApiClient) -> None:
     async with Controllers(client, deployments=False):
         rs = await client.create("replicasets", o.replicaset("batch", replicas=1))
-        code, out, err = await kctl(apiserver, "scale", "rs", "batch", "--replicas=4")
+        code, out, err = await kctl(admin_kubeconfig, "scale", "rs", "batch", "--replicas=4")
         assert (code, out.strip()) == (0, "replicaset.apps/batch scaled"), err
         await eventually(lambda: _has_pods(client, rs, 4))
 
@@ -190,13 +195,13 @@ async def _has_pods(client: ApiClient, owner: dict, want: int) -> bool:
     return len(await owned_by(client, "pods", owner)) == want
 
 
-async def test_rollout_status_follows_until_complete(apiserver, client: ApiClient) -> None:
+async def test_rollout_status_follows_until_complete(admin_kubeconfig, client: ApiClient) -> None:
     allowed = {"httpd:1"}
     readier = Readier(client, wanted=lambda pod: image_of(pod) in allowed)
     async with Controllers(client), readier:
-        await kctl(apiserver, "run", "web", "--image=httpd:1", "--replicas=3")
+        await kctl(admin_kubeconfig, "run", "web", "--image=httpd:1", "--replicas=3")
         await wait_for_object(client, "deployments", "web", _complete(3))
-        await kctl(apiserver, "set", "image", "deploy/web", "web=httpd:2")
+        await kctl(admin_kubeconfig, "set", "image", "deploy/web", "web=httpd:2")
         await wait_for_object(
             client,
             "deployments",
@@ -207,7 +212,7 @@ async def test_rollout_status_follows_until_complete(apiserver, client: ApiClien
             ),
         )
         process = await asyncio.create_subprocess_exec(
-            *_argv(apiserver, ("rollout", "status", "deploy/web")),
+            *_argv(admin_kubeconfig, ("rollout", "status", "deploy/web")),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -227,11 +232,13 @@ async def test_rollout_status_follows_until_complete(apiserver, client: ApiClien
     assert all(line.startswith("Waiting for deployment") for line in lines[:-1])
     assert all(a != b for a, b in zip(lines, lines[1:], strict=False))  # per change, not event
 
-    code, out, _ = await kctl(apiserver, "rollout", "status", "deploy/web")
+    code, out, _ = await kctl(admin_kubeconfig, "rollout", "status", "deploy/web")
     assert (code, out.strip()) == (0, 'deployment "web" successfully rolled out')
 
 
-async def test_rollout_status_fails_when_the_deadline_passes(apiserver, client: ApiClient) -> None:
+async def test_rollout_status_fails_when_the_deadline_passes(
+    admin_kubeconfig, client: ApiClient
+) -> None:
     clock = FakeClock()
     async with Controllers(client, clock=clock):
         spec = o.deployment("stuck", replicas=1)
@@ -240,7 +247,9 @@ async def test_rollout_status_fails_when_the_deadline_passes(apiserver, client: 
         await wait_for_object(
             client, "deployments", "stuck", lambda d: d["status"].get("replicas") == 1, clock=clock
         )
-        code, _, err = await kctl(apiserver, "rollout", "status", "deploy/stuck", "--timeout=0.5")
+        code, _, err = await kctl(
+            admin_kubeconfig, "rollout", "status", "deploy/stuck", "--timeout=0.5"
+        )
         assert code == 1 and 'timed out after 0.5s waiting for deployment "stuck"' in err
         await clock.advance(31)
         await wait_for_object(
@@ -252,19 +261,19 @@ async def test_rollout_status_fails_when_the_deadline_passes(apiserver, client: 
             ),
             clock=clock,
         )
-    code, out, err = await kctl(apiserver, "rollout", "status", "deploy/stuck")
+    code, out, err = await kctl(admin_kubeconfig, "rollout", "status", "deploy/stuck")
     assert code == 1
     assert err.strip() == 'error: deployment "stuck" exceeded its progress deadline'
 
 
-async def test_rollout_history_and_undo(apiserver, client: ApiClient) -> None:
+async def test_rollout_history_and_undo(admin_kubeconfig, client: ApiClient) -> None:
     async with Controllers(client), Readier(client):
-        await kctl(apiserver, "run", "web", "--image=httpd:1")
+        await kctl(admin_kubeconfig, "run", "web", "--image=httpd:1")
         await wait_for_object(client, "deployments", "web", _complete(1))
-        await kctl(apiserver, "set", "image", "deploy/web", "web=httpd:2")
+        await kctl(admin_kubeconfig, "set", "image", "deploy/web", "web=httpd:2")
         await wait_for_object(client, "deployments", "web", _revision("2"))
 
-        code, out, err = await kctl(apiserver, "rollout", "history", "deploy/web")
+        code, out, err = await kctl(admin_kubeconfig, "rollout", "history", "deploy/web")
         assert code == 0, err
         assert [line.split() for line in out.splitlines()] == [
             ["deployment.apps/web"],
@@ -272,25 +281,33 @@ async def test_rollout_history_and_undo(apiserver, client: ApiClient) -> None:
             ["1", "<none>"],
             ["2", "<none>"],
         ]
-        code, out, _ = await kctl(apiserver, "rollout", "history", "deploy/web", "--revision=1")
+        code, out, _ = await kctl(
+            admin_kubeconfig, "rollout", "history", "deploy/web", "--revision=1"
+        )
         assert code == 0 and "with revision #1" in out and "image: httpd:1" in out
 
-        code, out, err = await kctl(apiserver, "rollout", "undo", "deploy/web")
+        code, out, err = await kctl(admin_kubeconfig, "rollout", "undo", "deploy/web")
         assert (code, out.strip()) == (0, "deployment.apps/web rolled back"), err
         d = await wait_for_object(client, "deployments", "web", _revision("3"))
         assert d["spec"]["template"]["spec"]["containers"][0]["image"] == "httpd:1"
-        code, out, _ = await kctl(apiserver, "rollout", "history", "deploy/web")
+        code, out, _ = await kctl(admin_kubeconfig, "rollout", "history", "deploy/web")
         assert [line.split()[0] for line in out.splitlines()[2:]] == ["2", "3"]
 
-        code, out, _ = await kctl(apiserver, "rollout", "undo", "deploy/web", "--to-revision=3")
+        code, out, _ = await kctl(
+            admin_kubeconfig, "rollout", "undo", "deploy/web", "--to-revision=3"
+        )
         assert code == 0 and "skipped rollback (current template already matches revision 3)" in out
-        code, _, err = await kctl(apiserver, "rollout", "undo", "deploy/web", "--to-revision=99")
+        code, _, err = await kctl(
+            admin_kubeconfig, "rollout", "undo", "deploy/web", "--to-revision=99"
+        )
         assert code == 1 and "unable to find specified revision 99 in history" in err
-        code, out, err = await kctl(apiserver, "rollout", "undo", "deploy/web", "--to-revision=2")
+        code, out, err = await kctl(
+            admin_kubeconfig, "rollout", "undo", "deploy/web", "--to-revision=2"
+        )
         assert code == 0, err
         d = await wait_for_object(client, "deployments", "web", _revision("4"))
         assert d["spec"]["template"]["spec"]["containers"][0]["image"] == "httpd:2"
-    code, _, err = await kctl(apiserver, "rollout", "history", "rs/web")
+    code, _, err = await kctl(admin_kubeconfig, "rollout", "history", "rs/web")
     assert code == 1 and "rollout works on deployments, not on replicasets" in err
 
 
@@ -303,17 +320,17 @@ def _revision(revision: str):
     return check
 
 
-async def test_rollout_pause_and_resume(apiserver, client: ApiClient) -> None:
+async def test_rollout_pause_and_resume(admin_kubeconfig, client: ApiClient) -> None:
     async with Controllers(client), Readier(client):
-        await kctl(apiserver, "run", "web", "--image=httpd:1", "--replicas=2")
+        await kctl(admin_kubeconfig, "run", "web", "--image=httpd:1", "--replicas=2")
         await wait_for_object(client, "deployments", "web", _complete(2))
-        code, out, err = await kctl(apiserver, "rollout", "pause", "deploy/web")
+        code, out, err = await kctl(admin_kubeconfig, "rollout", "pause", "deploy/web")
         assert (code, out.strip()) == (0, "deployment.apps/web paused"), err
-        code, _, err = await kctl(apiserver, "rollout", "pause", "deploy/web")
+        code, _, err = await kctl(admin_kubeconfig, "rollout", "pause", "deploy/web")
         assert code == 1 and "deployment.apps/web is already paused" in err
 
-        await kctl(apiserver, "set", "image", "deploy/web", "web=httpd:2")
-        code, _, err = await kctl(apiserver, "rollout", "undo", "deploy/web")
+        await kctl(admin_kubeconfig, "set", "image", "deploy/web", "web=httpd:2")
+        code, _, err = await kctl(admin_kubeconfig, "rollout", "undo", "deploy/web")
         assert code == 1 and "cannot roll back the paused deployment.apps/web" in err
         d = await wait_for_object(
             client,
@@ -323,9 +340,11 @@ async def test_rollout_pause_and_resume(apiserver, client: ApiClient) -> None:
         )
         assert len(await owned_by(client, "replicasets", d)) == 1  # nothing rolled out
 
-        code, out, err = await kctl(apiserver, "rollout", "resume", "deploy/web")
+        code, out, err = await kctl(admin_kubeconfig, "rollout", "resume", "deploy/web")
         assert (code, out.strip()) == (0, "deployment.apps/web resumed"), err
-        code, out, err = await kctl(apiserver, "rollout", "status", "deploy/web", "--timeout=60")
+        code, out, err = await kctl(
+            admin_kubeconfig, "rollout", "status", "deploy/web", "--timeout=60"
+        )
         assert code == 0 and out.splitlines()[-1] == 'deployment "web" successfully rolled out', err
-        code, _, err = await kctl(apiserver, "rollout", "resume", "deploy/web")
+        code, _, err = await kctl(admin_kubeconfig, "rollout", "resume", "deploy/web")
         assert code == 1 and "deployment.apps/web is not paused" in err
