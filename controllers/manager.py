@@ -37,9 +37,18 @@ class Settings:
     pod_eviction_timeout: float = 300.0
     cluster_cidr: str = "10.244.0.0/16"
     node_cidr_mask_size: int = 24
+    # The CA the CSR signer signs with; without both files the signer does not run.
+    cluster_signing_cert_file: str = ""
+    cluster_signing_key_file: str = ""
+    cluster_signing_duration: float = 8760 * 3600.0
+    # Put into ServiceAccount token Secrets as ca.crt, for programs in Pods.
+    root_ca_file: str = ""
 
 
-Factory = Callable[[ApiClient, InformerFactory, EventRecorder, Clock, Settings], QueueController]
+# A factory returns None for a controller its settings turn off (the signer without a CA).
+Factory = Callable[
+    [ApiClient, InformerFactory, EventRecorder, Clock, Settings], QueueController | None
+]
 
 
 def _replicaset(client, factory, recorder, clock, s) -> QueueController:  # type: ignore[no-untyped-def]
@@ -92,6 +101,52 @@ def _namespace(client, factory, recorder, clock, s) -> QueueController:  # type:
     return NamespaceController(client, factory, recorder, clock=clock)
 
 
+def _csrapproving(client, factory, recorder, clock, s) -> QueueController:  # type: ignore[no-untyped-def]
+    from controllers.certificates import CSRApprovingController
+
+    return CSRApprovingController(client, factory, recorder, clock=clock)
+
+
+def _csrsigning(client, factory, recorder, clock, s) -> QueueController | None:  # type: ignore[no-untyped-def]
+    from controllers.certificates import CSRSigningController, load_ca
+
+    if not s.cluster_signing_cert_file and not s.cluster_signing_key_file:
+        return None
+    if not s.cluster_signing_cert_file or not s.cluster_signing_key_file:
+        raise ValueError(
+            "the CSR signer needs both --cluster-signing-cert-file and --cluster-signing-key-file"
+        )
+    ca = load_ca(s.cluster_signing_cert_file, s.cluster_signing_key_file)
+    return CSRSigningController(
+        client, factory, recorder, ca=ca, duration=s.cluster_signing_duration, clock=clock
+    )
+
+
+def _tokencleaner(client, factory, recorder, clock, s) -> QueueController:  # type: ignore[no-untyped-def]
+    from controllers.tokens import TokenCleaner
+
+    return TokenCleaner(client, factory, recorder, clock=clock)
+
+
+def _serviceaccount_token(client, factory, recorder, clock, s) -> QueueController:  # type: ignore[no-untyped-def]
+    from controllers.tokens import ServiceAccountTokenController
+
+    root_ca = b""
+    if s.root_ca_file:
+        try:
+            with open(s.root_ca_file, "rb") as f:
+                root_ca = f.read()
+        except OSError as err:
+            raise ValueError(f"failed to read --root-ca-file: {err}") from None
+    return ServiceAccountTokenController(client, factory, recorder, root_ca=root_ca, clock=clock)
+
+
+def _serviceaccount(client, factory, recorder, clock, s) -> QueueController:  # type: ignore[no-untyped-def]
+    from controllers.tokens import ServiceAccountsController
+
+    return ServiceAccountsController(client, factory, recorder, clock=clock)
+
+
 CONTROLLERS: dict[str, Factory] = {
     "replicaset": _replicaset,
     "deployment": _deployment,
@@ -99,6 +154,11 @@ CONTROLLERS: dict[str, Factory] = {
     "nodelifecycle": _nodelifecycle,
     "nodeipam": _nodeipam,
     "namespace": _namespace,
+    "csrapproving": _csrapproving,
+    "csrsigning": _csrsigning,
+    "tokencleaner": _tokencleaner,
+    "serviceaccount-token": _serviceaccount_token,
+    "serviceaccount": _serviceaccount,
 }
 
 
@@ -122,10 +182,17 @@ class ControllerManager:
                 f"unknown controllers: {', '.join(unknown)} (known: {', '.join(CONTROLLERS)})"
             )
         chosen = names or list(CONTROLLERS)
-        self.controllers: dict[str, QueueController] = {
-            name: CONTROLLERS[name](client, self.factory, self.recorder, self.clock, self.settings)
-            for name in chosen
-        }
+        self.controllers: dict[str, QueueController] = {}
+        for name in chosen:
+            controller = CONTROLLERS[name](
+                client, self.factory, self.recorder, self.clock, self.settings
+            )
+            if controller is not None:
+                self.controllers[name] = controller
+            elif names:
+                raise ValueError(f"controller {name} is turned off by its settings: see --help")
+            else:
+                log.info("controller off: not configured", controller=name)
 
     async def run(self) -> None:
         """Start the informers, wait for them, then run every controller until cancelled."""
@@ -139,6 +206,15 @@ class ControllerManager:
             for task in tasks:
                 task.cancel()
             await self.factory.stop()
+
+
+def _duration(text: str) -> float:
+    from controllers.certificates import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -170,6 +246,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--node-cidr-mask-size", type=int, default=24, help="per-node prefix (default: %(default)s)"
     )
+    p.add_argument(
+        "--cluster-signing-cert-file",
+        default="",
+        metavar="PATH",
+        help="PEM CA certificate the CSR signer signs with (with --cluster-signing-key-file; "
+        "without them the signer is off)",
+    )
+    p.add_argument(
+        "--cluster-signing-key-file", default="", metavar="PATH", help="the CA's PEM private key"
+    )
+    p.add_argument(
+        "--cluster-signing-duration",
+        default="8760h",
+        type=_duration,
+        metavar="DURATION",
+        help="longest validity of a signed certificate, e.g. 8760h, 30m (default: %(default)s)",
+    )
+    p.add_argument(
+        "--root-ca-file",
+        default="",
+        metavar="PATH",
+        help="CA certificate put into ServiceAccount token Secrets as ca.crt",
+    )
     leaderelection.add_flags(p, default_lease="kube-controller-manager")
     p.add_argument(
         "--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port"
@@ -191,9 +290,17 @@ async def run(args: argparse.Namespace) -> int:
         pod_eviction_timeout=args.pod_eviction_timeout,
         cluster_cidr=args.cluster_cidr,
         node_cidr_mask_size=args.node_cidr_mask_size,
+        cluster_signing_cert_file=args.cluster_signing_cert_file,
+        cluster_signing_key_file=args.cluster_signing_key_file,
+        cluster_signing_duration=args.cluster_signing_duration,
+        root_ca_file=args.root_ca_file,
     )
     names = [n.strip() for n in args.controllers.split(",") if n.strip()] or None
-    manager = ControllerManager(client, names=names, settings=settings)
+    try:
+        manager = ControllerManager(client, names=names, settings=settings)
+    except ValueError as err:
+        log.error("cannot start controllers", err=err)
+        return 2
     return await leaderelection.run_component(client, args, manager.run)
 
 
