@@ -19,6 +19,7 @@ from cli import printers
 from cli.errors import CliError
 from cli.get import split_kind_name
 from cli.session import Session
+from machinery import pki
 from machinery.kinds import Kind
 
 Obj = dict[str, Any]
@@ -331,10 +332,43 @@ def _secret(secret: Obj) -> list[tuple[str, Any]]:
     return [("Type", secret.get("type") or "Opaque"), ("Data", "\n".join(sizes) or "<none>")]
 
 
+def _serviceaccount(sa: Obj) -> list[tuple[str, Any]]:
+    pulls = ", ".join(r.get("name", "") for r in sa.get("imagePullSecrets") or []) or "<none>"
+    mounts = ", ".join(r.get("name", "") for r in sa.get("secrets") or []) or "<none>"
+    return [("Image pull secrets", pulls), ("Mountable secrets", mounts)]
+
+
+def _csr(csr: Obj) -> list[tuple[str, Any]]:
+    """Who asked, for what (the subject and names in the PEM), and where it stands."""
+    spec = csr.get("spec") or {}
+    lines: list[tuple[str, Any]] = [
+        ("Requesting User", spec.get("username") or "<none>"),
+        ("Groups", ", ".join(spec.get("groups") or []) or "<none>"),
+        ("Signer", spec.get("signerName") or "<none>"),
+        ("Usages", ", ".join(spec.get("usages") or []) or "<none>"),
+    ]
+    if spec.get("expirationSeconds"):
+        lines.append(("Requested Duration", f"{spec['expirationSeconds']}s"))
+    lines.append(("Status", printers.csr_condition(csr)))
+    try:
+        request = pki.read_csr(base64.b64decode(spec.get("request", "")))
+    except (binascii.Error, ValueError, TypeError, pki.PKIError) as err:
+        lines.append(("Subject", f"<unreadable request: {err}>"))
+    else:
+        subject = f"CN={request.subject.user}"
+        subject += "".join(f", O={g}" for g in request.subject.groups)
+        lines.append(("Subject", subject))
+        lines.append(("Subject Alternative Names", ", ".join(request.alt_names) or "<none>"))
+    lines.append(("Conditions", _conditions(csr)))
+    return lines
+
+
 SECTIONS = {
     "Pod": _pod,
     "Deployment": _deployment,
     "Node": _node,
     "Service": _service,
     "Secret": _secret,
+    "ServiceAccount": _serviceaccount,
+    "CertificateSigningRequest": _csr,
 }

@@ -248,6 +248,41 @@ def _lease_row(lease: Obj, wide: bool) -> Row:
     ]
 
 
+def _serviceaccount_row(sa: Obj, wide: bool) -> Row:
+    return [_meta(sa)["name"], str(len(sa.get("secrets") or [])), _age(sa)]
+
+
+def csr_condition(csr: Obj) -> str:
+    """Pending, Approved, Denied, Failed, joined as kubectl shows them (Approved,Issued)."""
+    status = csr.get("status") or {}
+    types = [c.get("type", "") for c in status.get("conditions") or [] if isinstance(c, dict)]
+    shown = [t for t in ("Approved", "Denied", "Failed") if t in types]
+    if status.get("certificate"):
+        shown.append("Issued")
+    return ",".join(shown) or "Pending"
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, int):
+        return "<none>"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _csr_row(csr: Obj, wide: bool) -> Row:
+    spec = csr.get("spec") or {}
+    return [
+        _meta(csr)["name"],
+        _age(csr),
+        spec.get("signerName") or "<none>",
+        spec.get("username") or "<none>",
+        _duration(spec.get("expirationSeconds")),
+        csr_condition(csr),
+    ]
+
+
 Printer = tuple[list[str], list[str], Callable[[Obj, bool], Row]]
 TABLES: dict[str, Printer] = {
     "pods": (["NAME", "READY", "STATUS", "RESTARTS", "AGE"], ["IP", "NODE"], _pod_row),
@@ -273,6 +308,12 @@ TABLES: dict[str, Printer] = {
     "namespaces": (["NAME", "STATUS", "AGE"], [], _namespace_row),
     "events": (["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"], [], _event_row),
     "leases": (["NAME", "HOLDER", "AGE"], [], _lease_row),
+    "serviceaccounts": (["NAME", "SECRETS", "AGE"], [], _serviceaccount_row),
+    "certificatesigningrequests": (
+        ["NAME", "AGE", "SIGNERNAME", "REQUESTOR", "REQUESTEDDURATION", "CONDITION"],
+        [],
+        _csr_row,
+    ),
 }
 
 
