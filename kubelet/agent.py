@@ -5,17 +5,19 @@
     ...
     await kubelet.stop()               # containers keep running: a new kubelet adopts them
 
-Start-up order matters for adoption: the Kubelet service starts first (its port goes into
-the Node's daemonEndpoints), the Node is registered, then the informers (Pods bound to this
-node by field selector spec.nodeName, ConfigMaps, this Node) must have synced before any
-Pod worker runs, so that a ConfigMap is never judged missing and a sandbox is never judged
-an orphan from a cache that is still empty. Then every Pod gets a worker, and sandboxes in
-the runtime whose Pod is not in the API get a worker that removes them.
+With a kubeconfig the node's identity comes first (kubelet/certificates.py: the client
+certificate, loaded or bootstrapped, and the serving certificate), as every later step
+uses it. Start-up order matters for adoption: the Kubelet service starts next (its port
+goes into the Node's daemonEndpoints), the Node is registered, then the informers (Pods
+bound to this node by field selector spec.nodeName, ConfigMaps, this Node) must have synced
+before any Pod worker runs, so that a ConfigMap is never judged missing and a sandbox is
+never judged an orphan from a cache that is still empty. Then every Pod gets a worker, and
+sandboxes in the runtime whose Pod is not in the API get a worker that removes them.
 
 Loops after start: the relist (every relist_interval, 1 s: a container that died wakes its
 Pod's worker), the node status and Lease loops, usage for `kctl top`, and housekeeping
 (image garbage collection above --image-gc-high, logs of deleted Pods removed after
-log_retention, Pod directories nothing owns any more).
+log_retention, Pod directories nothing owns any more), and certificate rotation.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 from kubelet import labels as kl
 from kubelet.backoff import Backoff
+from kubelet.certificates import CertificateManager, configured_servers
 from kubelet.config import KubeletConfig
 from kubelet.cri import AsyncRuntime, PodRuntime, RuntimeSnapshot
 from kubelet.dns import read_host_resolv
@@ -49,7 +52,7 @@ from kubelet.server import KubeletServer, KubeletService
 from kubelet.statusmanager import StatusManager
 from kubelet.usage import UsageReporter
 from kubelet.volumes import VolumeManager
-from machinery import errors
+from machinery import auth, errors
 from machinery.client import ApiClient
 from machinery.clock import Clock, RealClock
 from machinery.events import WARNING, EventRecorder
@@ -133,7 +136,14 @@ class Kubelet:
         self.clock = clock or RealClock()
         self.metrics = metrics or KubeletMetrics()
         self._owns_client = client is None
-        self.client = client or ApiClient(list(config.servers), timeout=15)
+        self.client = client or ApiClient(list(configured_servers(config)), timeout=15)
+        # With a kubeconfig the kubelet is the node's identity: the manager puts its
+        # certificate into self.client at start and keeps it (and the serving one) renewed.
+        self.certificates = (
+            CertificateManager(config, client=self.client, clock=self.clock)
+            if config.secure
+            else None
+        )
         self._owns_runtime = runtime is None
         self.runtime = AsyncRuntime(
             runtime or new_runtime(config), self.metrics, threads=config.runtime_threads
@@ -218,7 +228,11 @@ class Kubelet:
             services=self._services_for,
             host_resolv=lambda: read_host_resolv(config.resolv_conf),
         )
-        self.service = KubeletService(pods=self._pod_by_name, runtime=self.runtime)
+        self.service = KubeletService(
+            pods=self._pod_by_name,
+            runtime=self.runtime,
+            allowed_peer=auth.APISERVER_KUBELET_CLIENT if config.secure else "",
+        )
         self.server = KubeletServer(self.service, address=config.bind_address, port=config.port)
         self.usage = UsageReporter(
             self.client,
@@ -267,7 +281,10 @@ class Kubelet:
             runtime=info.name,
             cgroup_version=info.cgroup_version,
         )
-        self.node.port = await self.server.start()
+        serving = None
+        if self.certificates is not None:
+            serving = await self.certificates.start()  # the node identity first: all else uses it
+        self.node.port = await self.server.start(serving)
         await self.node.register()
         try:
             await self.node.renew_lease()  # alive for the node lifecycle controller at once
@@ -301,13 +318,16 @@ class Kubelet:
             )
         )
         await self._adopt_orphans(await self.runtime.fresh())
-        for loop in (
+        loops = [
             self._relist_forever,
             self.node.run_status,
             self.node.run_lease,
             self.usage.run,
             self._housekeeping_forever,
-        ):
+        ]
+        if self.certificates is not None:
+            loops.append(self.certificates.run_rotation)
+        for loop in loops:
             self._tasks.append(asyncio.create_task(loop(), name=loop.__name__))
         self.started.set()
         log.info(

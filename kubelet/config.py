@@ -87,13 +87,32 @@ class KubeletConfig:
     runtime: str = "native"  # or "runc"
     runtime_threads: int = 16
     status_writers: int = 4
+    # Identity (kubelet/certificates.py). Without a kubeconfig the kubelet speaks plaintext
+    # to the API server and serves its endpoint without TLS: only for a server without TLS.
+    kubeconfig: Path | None = None  # read, or written by the bootstrap
+    bootstrap_kubeconfig: Path | None = None  # a bootstrap token user, for the first certificate
+    cert_dir: Path | None = None  # default: root_dir/pki
+    rotate_certificates: bool = True
+    tls_cert_file: Path | None = None  # a serving pair issued beforehand; default: by request
+    tls_private_key_file: Path | None = None
+    client_ca_file: Path | None = None  # who may call the endpoint; default: the kubeconfig's CA
+    certificate_backoff: Backoff = Backoff(initial_s=1.0, maximum_s=60.0)
+    certificate_wait_s: float = 300.0  # one wait for a request to be signed, then ask again
 
     def __post_init__(self) -> None:
         check_node_ip(self.node_ip)
         if not self.node_name:
             raise ConfigError("--node-name: must not be empty")
-        if not self.servers:
-            raise ConfigError("--server: at least one API server address is required")
+        if not self.servers and self.kubeconfig is None:
+            raise ConfigError(
+                "--server or --kubeconfig: at least one API server address is required"
+            )
+        if self.bootstrap_kubeconfig is not None and self.kubeconfig is None:
+            raise ConfigError("--bootstrap-kubeconfig needs --kubeconfig, the file it writes")
+        if (self.tls_cert_file is None) != (self.tls_private_key_file is None):
+            raise ConfigError("--tls-cert-file and --tls-private-key-file go together")
+        if self.tls_cert_file is not None and self.kubeconfig is None:
+            raise ConfigError("--tls-cert-file needs --kubeconfig: TLS is for a cluster with TLS")
         if self.max_pods < 1:
             raise ConfigError(f"--pods: must be at least 1, got {self.max_pods}")
         if not 0 <= self.image_gc_low_percent <= self.image_gc_high_percent <= 100:
@@ -111,6 +130,15 @@ class KubeletConfig:
                 ipaddress.ip_address(server)
             except ValueError:
                 raise ConfigError(f"--cluster-dns: {server!r} is not an IP address") from None
+
+    @property
+    def secure(self) -> bool:
+        """Whether the kubelet uses certificates: towards the API server and on its endpoint."""
+        return self.kubeconfig is not None
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.cert_dir or self.root_dir / "pki"
 
     @property
     def log_dir(self) -> Path:

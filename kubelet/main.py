@@ -1,8 +1,17 @@
 """`python -m kubelet.main`: the node agent, as root on every node.
 
-    python -m kubelet.main --server 10.0.0.1:6443 --node-name node-1 --node-ip 10.0.0.11 \\
+    python -m kubelet.main --node-name node-1 --node-ip 10.0.0.11 \\
+        --bootstrap-kubeconfig /etc/kubelite/bootstrap.kubeconfig \\
+        --kubeconfig /var/lib/kubelite/node-1/kubeconfig \\
         --state-dir /var/lib/kubelite/node-1 --cgroup-root kubelite-node-1 \\
         --registry 10.0.0.1:5000 --cluster-dns 10.96.0.10
+
+Identity: the first start finds no usable --kubeconfig, presents the bootstrap token of
+--bootstrap-kubeconfig once to ask for a node certificate, and writes --kubeconfig (its key
+and certificate under --cert-dir); later starts use --kubeconfig, and the certificates are
+renewed before they expire. A --kubeconfig issued beforehand works without a bootstrap
+kubeconfig. Without either the kubelet speaks plaintext, which only a server started
+without TLS accepts.
 
 SIGTERM or SIGINT stops the kubelet and leaves its containers running; the next kubelet
 started with the same --state-dir and --cgroup-root adopts them.
@@ -20,6 +29,7 @@ from pathlib import Path
 from prometheus_client import start_http_server
 
 from kubelet.agent import Kubelet
+from kubelet.certificates import CertificateError, configured_servers
 from kubelet.config import (
     Backoff,
     ConfigError,
@@ -40,7 +50,53 @@ def build_parser() -> argparse.ArgumentParser:
         "to it in containers of its own runtime.",
     )
     p.add_argument(
-        "--server", required=True, help="API server address HOST:PORT, comma-separated for several"
+        "--server",
+        default="",
+        help="API server addresses HOST:PORT, comma-separated for several (default: the "
+        "kubeconfig's, or the bootstrap kubeconfig cluster's `servers`)",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=None,
+        help="client config with the node's certificate; written by the bootstrap "
+        "(default with --bootstrap-kubeconfig: ROOT_DIR/kubeconfig)",
+    )
+    p.add_argument(
+        "--bootstrap-kubeconfig",
+        type=Path,
+        default=None,
+        help="client config with a bootstrap token, used to ask for the node's certificate "
+        "when --kubeconfig has no usable one",
+    )
+    p.add_argument(
+        "--cert-dir",
+        type=Path,
+        default=None,
+        help="where the node's keys and certificates are kept (default: ROOT_DIR/pki)",
+    )
+    p.add_argument(
+        "--rotate-certificates",
+        type=_boolean,
+        nargs="?",
+        const=True,
+        default=True,
+        metavar="true|false",
+        help="renew the client and serving certificates before they expire (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tls-cert-file",
+        type=Path,
+        default=None,
+        help="serving certificate of the logs/exec endpoint, issued beforehand (default: "
+        "requested from the cluster's kubelet-serving signer)",
+    )
+    p.add_argument("--tls-private-key-file", type=Path, default=None, help="its key")
+    p.add_argument(
+        "--client-ca-file",
+        type=Path,
+        default=None,
+        help="CA whose client certificates may call the endpoint (default: the kubeconfig's)",
     )
     p.add_argument("--node-name", required=True, help="name of this node's Node object")
     p.add_argument(
@@ -182,16 +238,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
 def config_from(args: argparse.Namespace) -> KubeletConfig:
     backoff = Backoff(initial_s=args.backoff_initial, maximum_s=args.backoff_max)
     if backoff.initial_s <= 0 or backoff.maximum_s < backoff.initial_s:
         raise ConfigError("--backoff-initial must be positive and at most --backoff-max")
-    return KubeletConfig(
+    root_dir = args.root_dir or args.state_dir / "kubelet"
+    kubeconfig = args.kubeconfig
+    if kubeconfig is None and args.bootstrap_kubeconfig is not None:
+        kubeconfig = root_dir / "kubeconfig"
+    config = KubeletConfig(
         node_name=args.node_name,
         node_ip=args.node_ip,
         servers=tuple(s.strip() for s in args.server.split(",") if s.strip()),
+        kubeconfig=kubeconfig,
+        bootstrap_kubeconfig=args.bootstrap_kubeconfig,
+        cert_dir=args.cert_dir,
+        rotate_certificates=args.rotate_certificates,
+        tls_cert_file=args.tls_cert_file,
+        tls_private_key_file=args.tls_private_key_file,
+        client_ca_file=args.client_ca_file,
         state_dir=args.state_dir,
-        root_dir=args.root_dir or args.state_dir / "kubelet",
+        root_dir=root_dir,
         cgroup_root=args.cgroup_root or f"kubelite-{args.node_name}",
         port=args.port,
         bind_address=args.address,
@@ -212,6 +288,11 @@ def config_from(args: argparse.Namespace) -> KubeletConfig:
         log_retention_s=args.log_retention,
         runtime=args.runtime,
     )
+    try:
+        configured_servers(config)  # a kubeconfig that names no server is refused now
+    except CertificateError as err:
+        raise ConfigError(str(err)) from None
+    return config
 
 
 def bridge_network(args: argparse.Namespace, config: KubeletConfig, node_pod_cidrs) -> object:
@@ -271,7 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"kubelet: {err}", file=sys.stderr)
         return 2
-    asyncio.run(serve(config, args))
+    try:
+        asyncio.run(serve(config, args))
+    except CertificateError as err:
+        print(f"kubelet: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

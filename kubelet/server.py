@@ -15,6 +15,14 @@ Exec: the runtime's exec_stream enters the container's namespaces and cgroup. Wi
 the session has one pty master (stdout and stderr merged, resize supported); without,
 pipes. One reader thread per output descriptor; stdin, resizes and stdin_close come from
 the request stream; the last message is the process's exit code.
+
+Security: with TLS material (the kubelet has a kubeconfig) the endpoint serves TLS with
+the node's serving certificate and requires a client certificate from the cluster CA, so a
+caller without one, or with one from another CA, fails the handshake. Every handler then
+admits only the peer whose certificate names `allowed_peer`, the API server's
+kube-apiserver-kubelet-client: a node's or an administrator's certificate from the same CA
+gets PERMISSION_DENIED naming the identity. Without TLS (a kubelet embedded with a server
+that asks for no credentials) nothing is checked.
 """
 
 from __future__ import annotations
@@ -128,10 +136,39 @@ def _since_filter(lines: Iterator[bytes], since: float, timestamps: bool) -> Ite
         yield line if timestamps else text
 
 
+def peer_name(context: grpc.aio.ServicerContext) -> str:
+    """The common name of the caller's client certificate; "" without one."""
+    names = (context.auth_context() or {}).get("x509_common_name") or []
+    return names[0].decode(errors="replace") if names else ""
+
+
+def refusal(context: grpc.aio.ServicerContext, allowed: str) -> errors.ApiError | None:
+    """Forbidden for a caller other than allowed; None when allowed is "" (no TLS)."""
+    if not allowed:
+        return None
+    peer = peer_name(context)
+    if peer == allowed:
+        return None
+    who = f'user "{peer}"' if peer else "a caller without a client certificate"
+    return errors.Forbidden(
+        f"{who} is not allowed to use the kubelet API: only {allowed} may (logs, exec)"
+    )
+
+
 class KubeletService(streams_pb2_grpc.KubeletServicer):
-    def __init__(self, *, pods: PodLookup, runtime: AsyncRuntime) -> None:
+    def __init__(self, *, pods: PodLookup, runtime: AsyncRuntime, allowed_peer: str = "") -> None:
         self._pods = pods
         self._runtime = runtime
+        # The one client certificate name served (auth.APISERVER_KUBELET_CLIENT); "": anyone.
+        self._allowed_peer = allowed_peer
+
+    async def _refused(self, context: grpc.aio.ServicerContext, method: str) -> bool:
+        err = refusal(context, self._allowed_peer)
+        if err is None:
+            return False
+        log.warning("refused kubelet API call", method=method, user=peer_name(context) or "-")
+        await abort(context, err)
+        return True
 
     async def _instances(
         self, namespace: str, name: str, container: str
@@ -148,6 +185,8 @@ class KubeletService(streams_pb2_grpc.KubeletServicer):
     async def Logs(
         self, request: streams_pb2.LogsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[streams_pb2.LogChunk]:
+        if await self._refused(context, "Logs"):
+            return
         try:
             path, latest = await self._log_path(request)
         except errors.ApiError as err:
@@ -241,6 +280,8 @@ class KubeletService(streams_pb2_grpc.KubeletServicer):
         request_iterator: AsyncIterator[streams_pb2.ExecRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[streams_pb2.ExecResponse]:
+        if await self._refused(context, "Exec"):
+            return
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("message") != "start":
             await abort(
@@ -399,7 +440,8 @@ def _waiting_reason(pod: dict[str, Any], name: str) -> str:
 
 
 class KubeletServer:
-    """The gRPC server for the Kubelet service on --port."""
+    """The gRPC server for the Kubelet service on --port; TLS when start() gets credentials
+    (kubelet/certificates.py: they require a client certificate and follow rotation)."""
 
     def __init__(self, service: KubeletService, *, address: str, port: int) -> None:
         self._service = service
@@ -408,7 +450,7 @@ class KubeletServer:
         self._server: grpc.aio.Server | None = None
         self.port = port
 
-    async def start(self) -> int:
+    async def start(self, credentials: grpc.ServerCredentials | None = None) -> int:
         server = grpc.aio.server(
             options=[
                 ("grpc.max_send_message_length", 16 * 1024 * 1024),
@@ -416,7 +458,11 @@ class KubeletServer:
             ]
         )
         streams_pb2_grpc.add_KubeletServicer_to_server(self._service, server)
-        self.port = server.add_insecure_port(f"{self._address}:{self._port}")
+        address = f"{self._address}:{self._port}"
+        if credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {self._address}:{self._port}")
         await server.start()
