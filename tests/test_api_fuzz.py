@@ -35,10 +35,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from machinery import errors, kinds, validation
+from machinery import errors, kinds, pki, validation
 from machinery.api import api_pb2, api_pb2_grpc
 from machinery.client import ApiClient, error_from_rpc
 from tests import objects
+from tests.tls import ClusterPKI
 
 settings.register_profile(
     "ci",
@@ -89,6 +90,44 @@ def secret(name: str, *, namespace: str = "default") -> dict[str, Any]:
     }
 
 
+RBAC = "rbac.authorization.k8s.io/v1"
+
+
+def role(kind: str, name: str, namespace: str) -> dict[str, Any]:
+    rule = {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list"]}
+    return {"apiVersion": RBAC, "kind": kind, "metadata": meta(name, namespace), "rules": [rule]}
+
+
+def binding(kind: str, name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": RBAC,
+        "kind": kind,
+        "metadata": meta(name, namespace),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "jane"}],
+    }
+
+
+def csr(name: str) -> dict[str, Any]:
+    """A node's client certificate request, as a kubelet's bootstrap sends it."""
+    subject = pki.Subject(f"system:node:{name}", ("system:nodes",))
+    request = pki.new_csr(pki.new_key(), subject)
+    return {
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"name": name},
+        "spec": {
+            "request": base64.b64encode(request).decode(),
+            "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+            "usages": ["digital signature", "client auth"],
+        },
+    }
+
+
+def meta(name: str, namespace: str) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace} if namespace else {"name": name}
+
+
 def valid(kind: str, name: str, namespace: str) -> dict[str, Any]:
     """A valid object of `kind`; cluster-scoped kinds ignore `namespace`."""
     builders: dict[str, Callable[[], dict[str, Any]]] = {
@@ -103,6 +142,16 @@ def valid(kind: str, name: str, namespace: str) -> dict[str, Any]:
         "Secret": lambda: secret(name, namespace=namespace),
         "Event": lambda: objects.event(name, namespace=namespace),
         "Lease": lambda: objects.lease(name, namespace=namespace),
+        "ServiceAccount": lambda: {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": meta(name, namespace),
+        },
+        "Role": lambda: role("Role", name, namespace),
+        "ClusterRole": lambda: role("ClusterRole", name, ""),
+        "RoleBinding": lambda: binding("RoleBinding", name, namespace),
+        "ClusterRoleBinding": lambda: binding("ClusterRoleBinding", name, ""),
+        "CertificateSigningRequest": lambda: csr(name),
     }
     obj = builders[kind]()
     if kind == "Pod":
@@ -123,7 +172,8 @@ class FuzzTarget:
     """An API server, a client and a raw stub on a loop in a background thread, so that
     Hypothesis (synchronous) can drive them one request at a time."""
 
-    def __init__(self, etcd_endpoint: str) -> None:
+    def __init__(self, etcd_endpoint: str, pki: ClusterPKI) -> None:
+        self.pki = pki
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="fuzz-loop", daemon=True)
         self.thread.start()
@@ -143,14 +193,19 @@ class FuzzTarget:
                 listen="127.0.0.1:0",
                 prefix=self.prefix,
                 compaction_interval=0,
+                **self.pki.server_settings(),
             )
         )
         await self.server.start()
         await asyncio.wait_for(self.server.ready.wait(), 30)
         self.address = f"127.0.0.1:{self.server.port}"
-        self.client = ApiClient([self.address], timeout=15)
-        self.channel = grpc.aio.insecure_channel(
-            self.address, options=[("grpc.max_send_message_length", 8 * 1024 * 1024)]
+        admin = self.pki.admin_credentials
+        self.client = ApiClient([self.address], timeout=15, credentials=admin)
+        # The raw stub goes through authentication too: the fuzzer is the admin.
+        self.channel = grpc.aio.secure_channel(
+            self.address,
+            admin.channel_credentials(),
+            options=[("grpc.max_send_message_length", 8 * 1024 * 1024)],
         )
         self.stub = api_pb2_grpc.ObjectsStub(self.channel)
 
@@ -209,8 +264,8 @@ def kind_of(name: str) -> kinds.Kind:
 
 
 @pytest.fixture(scope="module")
-def target(etcd) -> FuzzTarget:
-    fuzz = FuzzTarget(etcd.endpoint)
+def target(etcd, cluster_pki) -> FuzzTarget:
+    fuzz = FuzzTarget(etcd.endpoint, cluster_pki)
     yield fuzz
     fuzz.close()
 

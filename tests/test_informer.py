@@ -65,15 +65,23 @@ async def test_informer_index_by_node(client: ApiClient) -> None:
         await informer.stop()
 
 
-async def test_informer_survives_api_server_restart_and_misses_nothing(etcd, etcd_prefix) -> None:
+async def test_informer_survives_api_server_restart_and_misses_nothing(
+    etcd, etcd_prefix, cluster_pki
+) -> None:
     port = free_port()
+    tls = cluster_pki.server_settings()
     config = ServerConfig(
-        [etcd.endpoint], listen=f"127.0.0.1:{port}", prefix=etcd_prefix, compaction_interval=0
+        [etcd.endpoint],
+        listen=f"127.0.0.1:{port}",
+        prefix=etcd_prefix,
+        compaction_interval=0,
+        **tls,
     )
+    admin = cluster_pki.admin_credentials
     first = ApiServer(config)
     await first.start()
     await asyncio.wait_for(first.ready.wait(), 30)
-    api = ApiClient([f"127.0.0.1:{port}"], timeout=5)
+    api = ApiClient([f"127.0.0.1:{port}"], timeout=5, credentials=admin)
     informer = Informer(api, "configmaps")
     informer.start()
     try:
@@ -86,12 +94,16 @@ async def test_informer_survives_api_server_restart_and_misses_nothing(etcd, etc
         # While this server is down, another one changes the store.
         other = ApiServer(
             ServerConfig(
-                [etcd.endpoint], listen="127.0.0.1:0", prefix=etcd_prefix, compaction_interval=0
+                [etcd.endpoint],
+                listen="127.0.0.1:0",
+                prefix=etcd_prefix,
+                compaction_interval=0,
+                **tls,
             )
         )
         await other.start()
         await asyncio.wait_for(other.ready.wait(), 30)
-        async with ApiClient([f"127.0.0.1:{other.port}"]) as side:
+        async with ApiClient([f"127.0.0.1:{other.port}"], credentials=admin) as side:
             await side.delete("configmaps", "removed")
             await side.create("configmaps", o.configmap("added-while-down"))
             changed = await side.get("configmaps", "kept")

@@ -496,7 +496,7 @@ def test_namespace_label_causes(labels, causes):
 
 
 @pytest.fixture
-async def server(etcd, etcd_prefix):
+async def server(etcd, etcd_prefix, cluster_pki):
     """An API server with the product's defaults for Pod Security."""
     from apiserver.server import ApiServer, ServerConfig
 
@@ -506,6 +506,7 @@ async def server(etcd, etcd_prefix):
             listen="127.0.0.1:0",
             prefix=etcd_prefix,
             compaction_interval=0,
+            **cluster_pki.server_settings(),
         )
     )
     await api.start()
@@ -515,8 +516,10 @@ async def server(etcd, etcd_prefix):
 
 
 @pytest.fixture
-async def api(server):
-    client = ApiClient([f"127.0.0.1:{server.port}"], timeout=10)
+async def api(server, cluster_pki):
+    client = ApiClient(
+        [f"127.0.0.1:{server.port}"], timeout=10, credentials=cluster_pki.admin_credentials
+    )
     yield client
     await client.close()
 
@@ -532,7 +535,9 @@ async def labelled_namespace(api: ApiClient, name: str, level: str) -> None:
     await api.create("namespaces", ns)
 
 
-async def test_default_namespace_is_baseline_and_refusal_is_permission_denied(server, api):
+async def test_default_namespace_is_baseline_and_refusal_is_permission_denied(
+    server, api, cluster_pki
+):
     pod = make_pod(ctx={"privileged": True}, spec={"volumes": [HOST_PATH]})
     with pytest.raises(errors.Forbidden) as caught:
         await api.create("pods", pod)
@@ -540,7 +545,8 @@ async def test_default_namespace_is_baseline_and_refusal_is_permission_denied(se
     with pytest.raises(errors.NotFound):
         await api.get("pods", "x", namespace="default")
     # The wire status is PERMISSION_DENIED, not INTERNAL or INVALID_ARGUMENT.
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    admin = cluster_pki.admin_credentials.channel_credentials()
+    async with grpc.aio.secure_channel(f"127.0.0.1:{server.port}", admin) as channel:
         stub = api_pb2_grpc.ObjectsStub(channel)
         request = api_pb2.CreateRequest(
             resource="pods", namespace="default", object=json.dumps(pod).encode()
@@ -608,7 +614,7 @@ async def test_bad_namespace_labels_are_invalid(api):
         await api.patch("namespaces", "typo", {"metadata": {"labels": {ENFORCE: "none"}}})
 
 
-async def test_default_level_is_configurable(etcd, etcd_prefix):
+async def test_default_level_is_configurable(etcd, etcd_prefix, cluster_pki):
     from apiserver.server import ApiServer, ServerConfig
 
     server = ApiServer(
@@ -618,12 +624,15 @@ async def test_default_level_is_configurable(etcd, etcd_prefix):
             prefix=etcd_prefix,
             compaction_interval=0,
             pod_security_default_level="restricted",
+            **cluster_pki.server_settings(),
         )
     )
     await server.start()
     try:
         await asyncio.wait_for(server.ready.wait(), 30)
-        async with ApiClient([f"127.0.0.1:{server.port}"], timeout=10) as client:
+        address = f"127.0.0.1:{server.port}"
+        admin = cluster_pki.admin_credentials
+        async with ApiClient([address], timeout=10, credentials=admin) as client:
             with pytest.raises(errors.Forbidden, match='"restricted:latest"'):
                 await client.create("pods", make_pod())
             await client.create("pods", make_pod(safe=True))

@@ -29,6 +29,7 @@ from apiserver.store import EtcdStore
 from machinery import defaults, errors, validation
 from machinery.client import ApiClient
 from tests import objects as o
+from tests.tls import ClusterPKI
 
 PLAINTEXT = "correct-horse-battery-staple"
 KEY1 = EncryptionKey("key1", b"\x01" * 32)
@@ -433,7 +434,9 @@ def test_server_refuses_a_bad_key_file(tmp_path: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def serving(etcd, prefix: str, keys: tuple[EncryptionKey, ...]) -> AsyncIterator[ApiClient]:
+async def serving(
+    pki: ClusterPKI, etcd, prefix: str, keys: tuple[EncryptionKey, ...]
+) -> AsyncIterator[ApiClient]:
     server = ApiServer(
         ServerConfig(
             etcd_endpoints=[etcd.endpoint],
@@ -442,12 +445,14 @@ async def serving(etcd, prefix: str, keys: tuple[EncryptionKey, ...]) -> AsyncIt
             bookmark_interval=1.0,
             compaction_interval=0,
             encryption_keys=keys,
+            **pki.server_settings(),
         )
     )
     await server.start()
     try:
         await asyncio.wait_for(server.ready.wait(), 30)
-        async with ApiClient([f"127.0.0.1:{server.port}"], timeout=10) as api:
+        address = f"127.0.0.1:{server.port}"
+        async with ApiClient([address], timeout=10, credentials=pki.admin_credentials) as api:
             yield api
     finally:
         await server.stop(grace=0)
@@ -477,8 +482,8 @@ async def first_event(api: ApiClient, resource: str, name: str, **kwargs: Any) -
     return await asyncio.wait_for(wait(), 30)
 
 
-async def test_round_trip_and_etcd_holds_only_ciphertext(etcd, etcd_prefix) -> None:
-    async with serving(etcd, etcd_prefix, (KEY1,)) as api:
+async def test_round_trip_and_etcd_holds_only_ciphertext(etcd, etcd_prefix, cluster_pki) -> None:
+    async with serving(cluster_pki, etcd, etcd_prefix, (KEY1,)) as api:
         obj = secret("db", data={"password": PLAINTEXT}, string_data={"user": "admin"})
         obj["metadata"]["labels"] = {"app": "db"}
         created = await api.create("secrets", obj)
@@ -507,8 +512,8 @@ async def test_round_trip_and_etcd_holds_only_ciphertext(etcd, etcd_prefix) -> N
     )
 
 
-async def test_watch_update_and_delete_decrypt(etcd, etcd_prefix) -> None:
-    async with serving(etcd, etcd_prefix, (KEY1,)) as api:
+async def test_watch_update_and_delete_decrypt(etcd, etcd_prefix, cluster_pki) -> None:
+    async with serving(cluster_pki, etcd, etcd_prefix, (KEY1,)) as api:
         start = (await api.list("secrets")).resource_version
         created = await api.create("secrets", secret("w", data={"a": "one"}))
         added = await first_event(api, "secrets", "w", resource_version=start)
@@ -527,8 +532,8 @@ async def test_watch_update_and_delete_decrypt(etcd, etcd_prefix) -> None:
         assert (deleted.type, deleted.object["data"]) == ("DELETED", {"a": b64("two")})
 
 
-async def test_api_errors_for_secrets(etcd, etcd_prefix) -> None:
-    async with serving(etcd, etcd_prefix, (KEY1,)) as api:
+async def test_api_errors_for_secrets(etcd, etcd_prefix, cluster_pki) -> None:
+    async with serving(cluster_pki, etcd, etcd_prefix, (KEY1,)) as api:
         bad = secret("bad", type="kubernetes.io/tls", data={"tls.crt": "c"})
         bad["data"]["x y"] = "!"
         with pytest.raises(errors.Invalid) as caught:
@@ -542,14 +547,14 @@ async def test_api_errors_for_secrets(etcd, etcd_prefix) -> None:
             await api.create("secrets", secret("huge", data={"a": "x" * 900_000}))
 
 
-async def test_key_rotation(etcd, etcd_prefix) -> None:
+async def test_key_rotation(etcd, etcd_prefix, cluster_pki) -> None:
     old_key = f"{etcd_prefix}/secrets/default/old"
     new_key = f"{etcd_prefix}/secrets/default/new"
-    async with serving(etcd, etcd_prefix, (KEY1,)) as api:
+    async with serving(cluster_pki, etcd, etcd_prefix, (KEY1,)) as api:
         await api.create("secrets", secret("old", data={"v": "from-key1"}))
 
     # key2 put first: it encrypts new writes, and key1 still opens what it sealed.
-    async with serving(etcd, etcd_prefix, (KEY2, KEY1)) as api:
+    async with serving(cluster_pki, etcd, etcd_prefix, (KEY2, KEY1)) as api:
         assert (await api.get("secrets", "old", namespace="default"))["data"] == {
             "v": b64("from-key1")
         }
@@ -560,8 +565,8 @@ async def test_key_rotation(etcd, etcd_prefix) -> None:
         assert (await raw_value(etcd, old_key)).startswith(b"k8s:enc:aesgcm:v1:key2:")
 
 
-async def test_rewrite_seals_everything_with_the_write_key(etcd, etcd_prefix) -> None:
-    async with serving(etcd, etcd_prefix, (KEY1,)) as api:
+async def test_rewrite_seals_everything_with_the_write_key(etcd, etcd_prefix, cluster_pki) -> None:
+    async with serving(cluster_pki, etcd, etcd_prefix, (KEY1,)) as api:
         for name in ("a", "b", "c"):
             await api.create("secrets", secret(name, data={"v": name}))
     async with raw_etcd(etcd) as store:
@@ -574,17 +579,19 @@ async def test_rewrite_seals_everything_with_the_write_key(etcd, etcd_prefix) ->
         )
         assert (again.rewritten, again.current) == (0, 3)
     # key1 can now be dropped.
-    async with serving(etcd, etcd_prefix, (KEY2,)) as api:
+    async with serving(cluster_pki, etcd, etcd_prefix, (KEY2,)) as api:
         items = (await api.list("secrets", namespace="default")).items
         assert sorted(base64.b64decode(i["data"]["v"]).decode() for i in items) == ["a", "b", "c"]
 
 
-async def test_unknown_key_is_a_server_error_not_a_broken_cache(etcd, etcd_prefix, caplog) -> None:
-    async with serving(etcd, etcd_prefix, (KEY1,)) as api:
+async def test_unknown_key_is_a_server_error_not_a_broken_cache(
+    etcd, etcd_prefix, cluster_pki, caplog
+) -> None:
+    async with serving(cluster_pki, etcd, etcd_prefix, (KEY1,)) as api:
         await api.create("secrets", secret("lost", data={"v": "1"}))
 
     caplog.set_level(logging.ERROR, logger="kubelite")
-    async with serving(etcd, etcd_prefix, (KEY2,)) as api:
+    async with serving(cluster_pki, etcd, etcd_prefix, (KEY2,)) as api:
         # The cache listed (the server became ready) without the unreadable Secret.
         assert (await api.list("secrets", resource_version="0")).items == []
         with pytest.raises(errors.InternalError, match="key 'key1', which is not in the key file"):
@@ -612,17 +619,17 @@ async def test_unknown_key_is_a_server_error_not_a_broken_cache(etcd, etcd_prefi
 
 
 async def test_without_a_key_secrets_are_plaintext_and_sealed_ones_fail(
-    etcd, etcd_prefix, caplog
+    etcd, etcd_prefix, cluster_pki, caplog
 ) -> None:
     caplog.set_level(logging.WARNING, logger="kubelite")
-    async with serving(etcd, etcd_prefix, ()) as api:
+    async with serving(cluster_pki, etcd, etcd_prefix, ()) as api:
         await api.create("secrets", secret("plain", data={"v": PLAINTEXT}))
     assert any("plaintext" in r.getMessage() for r in caplog.records)
     raw = await raw_value(etcd, f"{etcd_prefix}/secrets/default/plain")
     assert raw.startswith(b"{") and b64(PLAINTEXT).encode() in raw
 
     # Turning encryption on: the plaintext Secret still reads, and its next write seals it.
-    async with serving(etcd, etcd_prefix, (KEY1,)) as api:
+    async with serving(cluster_pki, etcd, etcd_prefix, (KEY1,)) as api:
         assert (await api.get("secrets", "plain", namespace="default"))["data"]["v"] == b64(
             PLAINTEXT
         )
@@ -633,7 +640,7 @@ async def test_without_a_key_secrets_are_plaintext_and_sealed_ones_fail(
     raw = await raw_value(etcd, f"{etcd_prefix}/secrets/default/plain")
     assert raw.startswith(b"k8s:enc:aesgcm:v1:key1:")
 
-    async with serving(etcd, etcd_prefix, ()) as api:
+    async with serving(cluster_pki, etcd, etcd_prefix, ()) as api:
         with pytest.raises(errors.InternalError, match="no encryption key"):
             await api.get("secrets", "sealed", namespace="default")
 
@@ -641,13 +648,13 @@ async def test_without_a_key_secrets_are_plaintext_and_sealed_ones_fail(
 # -- kctl --------------------------------------------------------------------------------------
 
 
-async def kctl(port: int, *args: str) -> tuple[int, str, str]:
+async def kctl(kubeconfig: Path, *args: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "cli.main",
-        "--server",
-        f"127.0.0.1:{port}",
+        "--config",
+        str(kubeconfig),
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -657,8 +664,9 @@ async def kctl(port: int, *args: str) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
-async def test_kctl_create_get_describe_secret(apiserver, tmp_path: Path) -> None:
-    port = apiserver.port
+async def test_kctl_create_get_describe_secret(
+    admin_kubeconfig: Path, client: ApiClient, tmp_path: Path
+) -> None:
     (tmp_path / "tls.crt").write_bytes(b"CERTIFICATE-BYTES")
     conf = tmp_path / "conf"
     conf.mkdir()
@@ -669,7 +677,7 @@ async def test_kctl_create_get_describe_secret(apiserver, tmp_path: Path) -> Non
     env.write_text("# database\nDB_USER=admin\n\nDB_PASS=" + PLAINTEXT + "\n")
 
     code, out, err = await kctl(
-        port,
+        admin_kubeconfig,
         "create",
         "secret",
         "generic",
@@ -680,8 +688,7 @@ async def test_kctl_create_get_describe_secret(apiserver, tmp_path: Path) -> Non
         f"--from-env-file={env}",
     )
     assert (code, out.strip()) == (0, "secret/app created"), err
-    async with ApiClient([f"127.0.0.1:{port}"]) as api:
-        stored = await api.get("secrets", "app", namespace="default")
+    stored = await client.get("secrets", "app", namespace="default")
     data = {k: base64.b64decode(v) for k, v in stored["data"].items()}
     assert data == {
         "token": PLAINTEXT.encode(),
@@ -692,12 +699,12 @@ async def test_kctl_create_get_describe_secret(apiserver, tmp_path: Path) -> Non
         "DB_PASS": PLAINTEXT.encode(),
     }
 
-    code, out, err = await kctl(port, "get", "secrets")
+    code, out, err = await kctl(admin_kubeconfig, "get", "secrets")
     assert code == 0, err
     assert out.split("\n")[0].split() == ["NAME", "TYPE", "DATA", "AGE"]
     assert out.split("\n")[1].split()[:3] == ["app", "Opaque", "6"]
 
-    code, out, err = await kctl(port, "describe", "secret", "app")
+    code, out, err = await kctl(admin_kubeconfig, "describe", "secret", "app")
     assert code == 0, err
     assert "Type:" in out and "Opaque" in out
     assert "token:  28 bytes" in out and "blob.bin:  256 bytes" in out
@@ -718,17 +725,19 @@ KCTL_REFUSALS = [
 
 
 @pytest.mark.parametrize(("args", "message"), KCTL_REFUSALS)
-async def test_kctl_create_secret_refusals(apiserver, args: list[str], message: str) -> None:
-    code, out, err = await kctl(apiserver.port, "create", "secret", "generic", "s", *args)
+async def test_kctl_create_secret_refusals(
+    admin_kubeconfig: Path, args: list[str], message: str
+) -> None:
+    code, out, err = await kctl(admin_kubeconfig, "create", "secret", "generic", "s", *args)
     assert code == 1 and message in err, (out, err)
     assert PLAINTEXT not in err
 
 
-async def test_kctl_create_secret_tls(apiserver, tmp_path: Path) -> None:
+async def test_kctl_create_secret_tls(admin_kubeconfig: Path, tmp_path: Path) -> None:
     (tmp_path / "c.pem").write_text("CERT")
     (tmp_path / "k.pem").write_text("KEY")
     code, out, err = await kctl(
-        apiserver.port,
+        admin_kubeconfig,
         "create",
         "secret",
         "tls",
@@ -739,7 +748,7 @@ async def test_kctl_create_secret_tls(apiserver, tmp_path: Path) -> None:
         str(tmp_path / "k.pem"),
     )
     assert (code, out.strip()) == (0, "secret/web-tls created"), err
-    code, out, err = await kctl(apiserver.port, "get", "secret", "web-tls", "-o", "yaml")
+    code, out, err = await kctl(admin_kubeconfig, "get", "secret", "web-tls", "-o", "yaml")
     obj = yaml.safe_load(out)
     assert obj["type"] == "kubernetes.io/tls"
     assert obj["data"] == {"tls.crt": b64("CERT"), "tls.key": b64("KEY")}

@@ -16,12 +16,13 @@ from apiserver.serviceip import IPS, Owner, ServiceAllocator
 from machinery import errors
 from machinery.client import ApiClient
 from tests import objects as o
+from tests.tls import ClusterPKI
 
 CIDR = "10.96.0.0/28"  # 14 addresses: .1 (kubernetes) and .10 (DNS) kept, 12 to hand out
 PORTS = "30000-30004"
 
 
-async def _server(etcd, prefix: str) -> ApiServer:
+async def _server(etcd, prefix: str, pki: ClusterPKI) -> ApiServer:
     server = ApiServer(
         ServerConfig(
             etcd_endpoints=[etcd.endpoint],
@@ -31,6 +32,7 @@ async def _server(etcd, prefix: str) -> ApiServer:
             service_cidr=CIDR,
             node_port_range=PORTS,
             service_ip_repair_interval=0,
+            **pki.server_settings(),
         )
     )
     await server.start()
@@ -38,10 +40,14 @@ async def _server(etcd, prefix: str) -> ApiServer:
     return server
 
 
+def _client(server: ApiServer, pki: ClusterPKI) -> ApiClient:
+    return ApiClient([f"127.0.0.1:{server.port}"], timeout=10, credentials=pki.admin_credentials)
+
+
 @pytest.fixture
-async def small(etcd, etcd_prefix):
-    server = await _server(etcd, etcd_prefix)
-    api = ApiClient([f"127.0.0.1:{server.port}"], timeout=10)
+async def small(etcd, etcd_prefix, cluster_pki):
+    server = await _server(etcd, etcd_prefix, cluster_pki)
+    api = _client(server, cluster_pki)
     yield server, api
     await api.close()
     await server.stop(grace=0)
@@ -206,9 +212,9 @@ async def test_updates_keep_take_and_free_values(small) -> None:
         await api.update("services", moved)
 
 
-async def test_two_api_servers_never_hand_out_one_ip_twice(etcd, etcd_prefix) -> None:
-    servers = [await _server(etcd, etcd_prefix) for _ in range(2)]
-    clients = [ApiClient([f"127.0.0.1:{s.port}"], timeout=10) for s in servers]
+async def test_two_api_servers_never_hand_out_one_ip_twice(etcd, etcd_prefix, cluster_pki) -> None:
+    servers = [await _server(etcd, etcd_prefix, cluster_pki) for _ in range(2)]
+    clients = [_client(s, cluster_pki) for s in servers]
     try:
         results = await asyncio.gather(
             *(clients[i % 2].create("services", svc(f"race-{i}")) for i in range(12)),
