@@ -15,7 +15,7 @@ import pathlib
 import sys
 from collections.abc import Awaitable, Callable
 
-from cli import apply, containers, describe, expose, get, nodes, workloads
+from cli import apply, containers, describe, expose, get, nodes, tokens, workloads
 from cli.errors import CliError, from_api
 from cli.session import Session
 from machinery import config, errors
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     workloads.register(commands)
     containers.register(commands)
     nodes.register(commands)
+    tokens.register(commands)
     return parser
 
 
