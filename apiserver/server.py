@@ -227,7 +227,20 @@ class ApiServer:
         return found
 
     def _authorizers(self) -> list[Authorizer]:
-        return []
+        """The node authorizer first (it decides everything a node identity asks), then
+        RBAC; both answer from the watch caches."""
+        from apiserver.authz.node import NodeAuthorizer
+        from apiserver.authz.rbac import RBACAuthorizer
+
+        def key_of(resource: str, namespace: str, name: str) -> str:
+            kind = kinds.by_resource(resource)
+            assert kind is not None
+            return self.registry.key(kind, namespace, name)
+
+        return [
+            NodeAuthorizer(self.caches, key_of=key_of),
+            RBACAuthorizer(self.caches, key_of=key_of),
+        ]
 
     async def _become_ready(self) -> None:
         """Serve health once every cache has listed, then start the collector."""
@@ -235,6 +248,12 @@ class ApiServer:
         await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await asyncio.gather(*(c.ready.wait() for c in self.caches.values()))
         await self._ensure_system_namespaces()
+        if self.gate is not None:
+            # Before serving: a component that connects must find its role already there.
+            # A server without TLS authorizes nobody, so it writes no policy.
+            from apiserver.authz import bootstrap
+
+            await bootstrap.reconcile(self.registry, clock=self._clock)
         self.collector.start()
         if self.config.service_ip_repair_interval > 0:
             services = self.caches["services"]
