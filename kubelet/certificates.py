@@ -311,8 +311,9 @@ def drop_pending_key(directory: pathlib.Path, kind: str) -> None:
 
 
 def mutual_tls_servers(path: pathlib.Path) -> list[str]:
-    """The `servers` of the current context's cluster: a bootstrap kubeconfig's token user
-    reaches the token-servers, the certificate the kubelet gets reaches these."""
+    """The `servers` of the current context's cluster, [] if it names none: a bootstrap
+    kubeconfig's token user reaches the token-servers, the certificate the kubelet gets
+    reaches these."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
@@ -320,13 +321,7 @@ def mutual_tls_servers(path: pathlib.Path) -> list[str]:
     current = data.get("current-context", "")
     context = _named(data.get("contexts"), current).get("context") or {}
     cluster = _named(data.get("clusters"), context.get("cluster", current)).get("cluster") or {}
-    servers = [str(s) for s in cluster.get("servers") or []]
-    if not servers:
-        raise CertificateError(
-            f"--bootstrap-kubeconfig {path}: the cluster of context {current!r} names no "
-            "`servers` (the mutual-TLS addresses the node's certificate is used at)"
-        )
-    return servers
+    return [str(s) for s in cluster.get("servers") or []]
 
 
 def _named(items: Any, name: str) -> dict[str, Any]:
@@ -353,7 +348,14 @@ def configured_servers(cfg: KubeletConfig) -> tuple[str, ...]:
             if cfg.bootstrap_kubeconfig is None:
                 raise CertificateError(f"--kubeconfig: {err}") from None
     if cfg.bootstrap_kubeconfig is not None:
-        return tuple(mutual_tls_servers(cfg.bootstrap_kubeconfig))
+        servers = mutual_tls_servers(cfg.bootstrap_kubeconfig)
+        if servers:
+            return tuple(servers)
+        raise CertificateError(
+            f"--bootstrap-kubeconfig {cfg.bootstrap_kubeconfig}: its cluster names no `servers` "
+            "(the mutual-TLS addresses the node's certificate is used at, beside the "
+            "token-servers); add them or give --server"
+        )
     raise CertificateError("no API server: give --server, --kubeconfig or --bootstrap-kubeconfig")
 
 
@@ -507,7 +509,9 @@ class CertificateManager:
         if token_ctx.credentials is None or not token_ctx.credentials.token:
             raise CertificateError(f"--bootstrap-kubeconfig {path}: its user holds no token")
         # The kubeconfig gets the cluster's own addresses; --server overrides them at run time.
-        servers = mutual_tls_servers(path)
+        servers = mutual_tls_servers(path) or list(self._cfg.servers)
+        if not servers:
+            raise CertificateError(f"--bootstrap-kubeconfig {path}: its cluster names no `servers`")
         files = _absolute_files(token_ctx, path.parent)
         files.pop("token-file", None)
         base = config.Context(token_ctx.name, servers, token_ctx.namespace, None, files)
