@@ -206,9 +206,7 @@ def _token_row(secret: Obj, now: float) -> list[str]:
 
 
 async def run_token_list(args: argparse.Namespace, session: Session) -> int:
-    found = await session.api.list_all(
-        "secrets", namespace=BOOTSTRAP_NAMESPACE, field_selector=f"type={BOOTSTRAP_TYPE}"
-    )
+    found = await session.api.list_all("secrets", namespace=BOOTSTRAP_NAMESPACE)
     tokens = [s for s in found.items if s.get("type") == BOOTSTRAP_TYPE]
     if not tokens:
         print("No bootstrap tokens found.", file=sys.stderr)
