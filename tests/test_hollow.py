@@ -196,7 +196,7 @@ async def test_a_second_run_takes_over_existing_nodes(client: ApiClient) -> None
     assert await gone(client, "nodes", "again-0")
 
 
-async def test_command_line_runs_until_signalled(apiserver, client: ApiClient) -> None:
+async def test_command_line_runs_until_signalled(admin_kubeconfig, client: ApiClient) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -205,8 +205,8 @@ async def test_command_line_runs_until_signalled(apiserver, client: ApiClient) -
         "2",
         "--prefix",
         "cli-",
-        "--server",
-        f"127.0.0.1:{apiserver.port}",
+        "--kubeconfig",
+        str(admin_kubeconfig),
         "--delete-on-exit",
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ},

@@ -87,10 +87,10 @@ async def test_deleting_a_namespace_empties_it_then_removes_it(client: ApiClient
     assert (await client.create("services", svc))["spec"]["clusterIP"] == "10.96.0.77"
 
 
-async def test_kctl_delete_namespace_waits_until_it_is_gone(apiserver, client, controller):
+async def test_kctl_delete_namespace_waits_until_it_is_gone(admin_kubeconfig, client, controller):
     await fill(client, "team")
     kubelet = asyncio.create_task(play_kubelet(client, "team", "bound"))
-    code, out, err = await kctl(apiserver, "delete", "namespace", "team", "--timeout", "60")
+    code, out, err = await kctl(admin_kubeconfig, "delete", "namespace", "team", "--timeout", "60")
     await kubelet
     assert code == 0, err
     assert out.strip() == "namespace/team deleted"

@@ -101,7 +101,7 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def api(etcd, etcd_prefix, clock):
+async def api(etcd, etcd_prefix, cluster_pki, clock):
     server = ApiServer(
         ServerConfig(
             etcd_endpoints=[etcd.endpoint],
@@ -110,12 +110,15 @@ async def api(etcd, etcd_prefix, clock):
             compaction_interval=0,
             service_ip_repair_interval=0,
             event_ttl=0,  # the fake clock jumps hours; the Events must stay
+            **cluster_pki.server_settings(),
         ),
         clock=clock,
     )
     await server.start()
     await asyncio.wait_for(server.ready.wait(), 30)
-    client = ApiClient([f"127.0.0.1:{server.port}"], timeout=10)
+    client = ApiClient(
+        [f"127.0.0.1:{server.port}"], timeout=10, credentials=cluster_pki.admin_credentials
+    )
     yield client
     await client.close()
     await server.stop(grace=0)

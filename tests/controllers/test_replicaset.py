@@ -18,6 +18,7 @@ from controllers.util import EXPECTATIONS_TTL, Expectations
 from machinery import errors, meta
 from machinery.client import ApiClient
 from machinery.clock import FakeClock, rfc3339
+from machinery.credentials import Credentials
 from tests import objects as o
 from tests.controllers.workload_harness import (
     Controllers,
@@ -87,7 +88,7 @@ async def test_scales_up_and_down_to_exactly_replicas(client: ApiClient) -> None
 
 
 async def test_never_overshoots_while_the_pod_watch_lags(client: ApiClient) -> None:
-    slow = GatedWatchClient(_server(client), "pods")
+    slow = GatedWatchClient(_server(client), "pods", credentials=client.credentials)
     try:
         controllers = Controllers(client, informer_client=slow, deployments=False)
         synced: list[tuple[str, int]] = []
@@ -312,8 +313,8 @@ async def test_available_only_after_min_ready_seconds(client: ApiClient) -> None
 class FlakyCreates(ApiClient):
     """A real client that fails the Pod creations `refuse` picks, noting how they were batched."""
 
-    def __init__(self, servers: list[str], refuse) -> None:
-        super().__init__(servers, timeout=10)
+    def __init__(self, servers: list[str], refuse, *, credentials: Credentials | None) -> None:
+        super().__init__(servers, timeout=10, credentials=credentials)
         self.refuse = refuse
         self.calls = 0
         self.finished = 0
@@ -347,7 +348,9 @@ class FlakyCreates(ApiClient):
 
 
 async def test_creates_in_slow_start_batches_and_stops_at_a_failure(client: ApiClient) -> None:
-    flaky = FlakyCreates(_server(client), lambda number: number == 4)
+    flaky = FlakyCreates(
+        _server(client), lambda number: number == 4, credentials=client.credentials
+    )
     try:
         async with Controllers(flaky, informer_client=client, deployments=False):
             rs = await client.create("replicasets", o.replicaset("web", replicas=10))
@@ -363,7 +366,7 @@ async def test_creates_in_slow_start_batches_and_stops_at_a_failure(client: ApiC
 
 async def test_failed_creations_show_in_status_then_clear(client: ApiClient) -> None:
     refusing = True
-    flaky = FlakyCreates(_server(client), lambda number: refusing)
+    flaky = FlakyCreates(_server(client), lambda number: refusing, credentials=client.credentials)
     try:
         async with Controllers(flaky, informer_client=client, deployments=False):
             await client.create("replicasets", o.replicaset("web", replicas=2))
@@ -423,7 +426,7 @@ class CountingStatusWrites(ApiClient):
 
 
 async def test_status_is_written_only_when_it_changes(client: ApiClient) -> None:
-    counting = CountingStatusWrites(_server(client), timeout=10)
+    counting = CountingStatusWrites(_server(client), timeout=10, credentials=client.credentials)
     controllers = Controllers(counting, informer_client=client, deployments=False)
     seen: list[str] = []
     inner = controllers.replicaset.sync

@@ -22,6 +22,7 @@ from controllers.replicaset import ReplicaSetController
 from machinery import errors
 from machinery.client import ApiClient, resolve_kind
 from machinery.clock import Clock, FakeClock, RealClock, rfc3339
+from machinery.credentials import Credentials
 from machinery.events import EventRecorder
 from machinery.informer import InformerFactory
 from machinery.labels import Selector
@@ -55,8 +56,10 @@ async def eventually(
 class GatedWatchClient(ApiClient):
     """An ApiClient whose watch events for one resource wait while `gate` is clear."""
 
-    def __init__(self, servers: list[str], resource: str) -> None:
-        super().__init__(servers, timeout=10)
+    def __init__(
+        self, servers: list[str], resource: str, *, credentials: Credentials | None = None
+    ) -> None:
+        super().__init__(servers, timeout=10, credentials=credentials)
         self.resource = resolve_kind(resource).resource
         self.gate = asyncio.Event()
         self.gate.set()
