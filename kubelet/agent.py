@@ -9,10 +9,12 @@ With a kubeconfig the node's identity comes first (kubelet/certificates.py: the 
 certificate, loaded or bootstrapped, and the serving certificate), as every later step
 uses it. Start-up order matters for adoption: the Kubelet service starts next (its port
 goes into the Node's daemonEndpoints), the Node is registered, then the informers (Pods
-bound to this node by field selector spec.nodeName, ConfigMaps, this Node) must have synced
-before any Pod worker runs, so that a ConfigMap is never judged missing and a sandbox is
-never judged an orphan from a cache that is still empty. Then every Pod gets a worker, and
-sandboxes in the runtime whose Pod is not in the API get a worker that removes them.
+bound to this node by field selector spec.nodeName, Services, this Node) must have synced
+before any Pod worker runs, so that a sandbox is never judged an orphan from a cache that
+is still empty. Then every Pod gets a worker, once the ConfigMaps and Secrets it reads were
+fetched by name (kubelet/sources.py), so that one is never judged missing for not having
+been asked for; sandboxes in the runtime whose Pod is not in the API get a worker that
+removes them.
 
 Loops after start: the relist (every relist_interval, 1 s: a container that died wakes its
 Pod's worker), the node status and Lease loops, usage for `kctl top`, and housekeeping
@@ -49,6 +51,7 @@ from kubelet.podworker import RETENTION_MARK, PodWorker, WorkerContext
 from kubelet.probes import ProbeManager
 from kubelet.runtime.interface import ContainerRuntime, ContainerState
 from kubelet.server import KubeletServer, KubeletService
+from kubelet.sources import DEFAULT_TTL_S, SourceRef, Sources
 from kubelet.statusmanager import StatusManager
 from kubelet.usage import UsageReporter
 from kubelet.volumes import VolumeManager
@@ -63,20 +66,6 @@ from machinery.registry import RegistryHosts
 log = get_logger("kubelet")
 
 Obj = dict[str, Any]
-
-
-class _Sources:
-    """ConfigMaps and Secrets as the informers hold them (volumes.Sources, envvars.Sources)."""
-
-    def __init__(self, configmaps: Informer, secrets: Informer) -> None:
-        self._configmaps = configmaps
-        self._secrets = secrets
-
-    def configmap(self, namespace: str, name: str) -> Obj | None:
-        return self._configmaps.get(name, namespace)
-
-    def secret(self, namespace: str, name: str) -> Obj | None:
-        return self._secrets.get(name, namespace)
 
 
 def objects_used(pod: Obj) -> set[tuple[str, str]]:
@@ -98,6 +87,12 @@ def objects_used(pod: Obj) -> set[tuple[str, str]]:
             used.add(("ConfigMap", (source.get("configMapRef") or {}).get("name", "")))
             used.add(("Secret", (source.get("secretRef") or {}).get("name", "")))
     return {(kind, name) for kind, name in used if name}
+
+
+def sources_of(pod: Obj) -> set[SourceRef]:
+    """The (kind, namespace, name) of every ConfigMap and Secret a Pod reads."""
+    namespace = pod.get("metadata", {}).get("namespace", "")
+    return {(kind, namespace, name) for kind, name in objects_used(pod)}
 
 
 def new_runtime(config: KubeletConfig) -> ContainerRuntime:
@@ -131,6 +126,7 @@ class Kubelet:
         network: PodNetwork | None = None,
         clock: Clock | None = None,
         metrics: KubeletMetrics | None = None,
+        source_ttl_s: float = DEFAULT_TTL_S,
     ) -> None:
         self.config = config
         self.clock = clock or RealClock()
@@ -175,13 +171,16 @@ class Kubelet:
             clock=self.clock,
         )
         self.pods.add_index("uid", lambda o: [o.get("metadata", {}).get("uid", "")])
-        # TODO: every ConfigMap and Secret of the cluster is cached, as no node authorizer
-        # limits a kubelet to its own Pods' objects yet; a per-object watch would cut both
-        # the memory and what a compromised node can read.
-        self.configmap_informer = Informer(self.client, "configmaps", clock=self.clock)
-        self.secret_informer = Informer(self.client, "secrets", clock=self.clock)
+        # ConfigMaps and Secrets are fetched by name, only those this node's Pods use: all
+        # node restriction allows, and all a node needs (kubelet/sources.py).
+        self.sources = Sources(
+            self.client, clock=self.clock, ttl=source_ttl_s, changed=self._source_changed
+        )
+        # Pods whose ConfigMaps and Secrets are being fetched before their worker starts.
+        self._fetching: dict[str, Obj] = {}
+        self._fetch_tasks: set[asyncio.Task[None]] = set()
         self.service_informer = Informer(self.client, "services", clock=self.clock)
-        sources = _Sources(self.configmap_informer, self.secret_informer)
+        sources = self.sources
         self.node_informer = Informer(
             self.client,
             "nodes",
@@ -293,18 +292,7 @@ class Kubelet:
         self.node_informer.add_handlers(
             Handlers(on_add=self.node.observe, on_update=lambda _o, n: self.node.observe(n))
         )
-        for kind, informer in (
-            ("ConfigMap", self.configmap_informer),
-            ("Secret", self.secret_informer),
-        ):
-            informer.add_handlers(self._source_handlers(kind))
-        informers = (
-            self.node_informer,
-            self.configmap_informer,
-            self.secret_informer,
-            self.service_informer,
-            self.pods,
-        )
+        informers = (self.node_informer, self.service_informer, self.pods)
         for informer in informers:
             informer.start()
         await asyncio.gather(*(informer.wait_synced() for informer in informers))
@@ -324,6 +312,7 @@ class Kubelet:
             self.node.run_lease,
             self.usage.run,
             self._housekeeping_forever,
+            self._refresh_sources_forever,
         ]
         if self.certificates is not None:
             loops.append(self.certificates.run_rotation)
@@ -344,13 +333,11 @@ class Kubelet:
             await worker.stop()
         self.workers.clear()
         self.probes.stop_all()
-        for informer in (
-            self.pods,
-            self.configmap_informer,
-            self.secret_informer,
-            self.service_informer,
-            self.node_informer,
-        ):
+        for task in list(self._fetch_tasks):
+            task.cancel()
+        await asyncio.gather(*self._fetch_tasks, return_exceptions=True)
+        await self.sources.close()
+        for informer in (self.pods, self.service_informer, self.node_informer):
             await informer.stop()
         await self.statuses.stop()
         await self.server.stop()
@@ -383,13 +370,35 @@ class Kubelet:
             return
         if uid in self._finished or uid in self._rejected:
             return
-        if not self._admit(pod):
+        if uid in self._fetching:
+            self._fetching[uid] = pod  # the worker starts with the latest copy
             return
-        self._spawn(uid, pod)
+        refs = sources_of(pod)
+        if self.sources.fresh(refs):
+            self._admit_and_spawn(uid, pod)
+            return
+        self._fetching[uid] = pod
+        task = asyncio.get_running_loop().create_task(
+            self._spawn_when_fetched(uid, refs), name=f"pod-sources-{uid[:8]}"
+        )
+        self._fetch_tasks.add(task)
+        task.add_done_callback(self._fetch_tasks.discard)
+
+    async def _spawn_when_fetched(self, uid: str, refs: set[SourceRef]) -> None:
+        """Start a new Pod's worker once what it reads was fetched (or failed to be)."""
+        await self.sources.fetch(refs)
+        pod = self._fetching.pop(uid, None)
+        if pod is not None and uid not in self.workers:
+            self._admit_and_spawn(uid, pod)
+
+    def _admit_and_spawn(self, uid: str, pod: Obj) -> None:
+        if self._admit(pod):
+            self._spawn(uid, pod)
 
     def _pod_deleted(self, pod: Obj) -> None:
         uid = pod["metadata"]["uid"]
         self._rejected.discard(uid)
+        self._fetching.pop(uid, None)
         worker = self.workers.get(uid)
         if worker is not None:
             worker.update(None)
@@ -438,24 +447,28 @@ class Kubelet:
         self.recorder.event(pod, WARNING, "OutOfpods", message)
         return False
 
-    def _source_handlers(self, kind: str) -> Handlers:
-        def changed(obj: Obj) -> None:
-            self._source_changed(kind, obj)
-
-        return Handlers(on_add=changed, on_update=lambda _old, new: changed(new), on_delete=changed)
-
-    def _source_changed(self, kind: str, obj: Obj) -> None:
-        """A ConfigMap or Secret changed: wake the Pods that read it."""
+    def _source_changed(self, kind: str, namespace: str, name: str) -> None:
+        """A ConfigMap or Secret changed (or appeared, or went): wake the Pods that read it."""
         if not self._synced:
             return
-        meta = obj.get("metadata", {})
-        key = (kind, meta.get("name", ""))
+        key = (kind, name)
         for worker in self.workers.values():
             pod = worker.pod
-            if pod is None or pod["metadata"].get("namespace") != meta.get("namespace"):
+            if pod is None or pod["metadata"].get("namespace") != namespace:
                 continue
             if key in objects_used(pod):
                 worker.wake()
+
+    async def _refresh_sources_forever(self) -> None:
+        """Fetch again, once per ttl, what the Pods here use, so a change reaches them."""
+        while True:
+            await self.clock.sleep(self.sources.ttl)
+            used: set[SourceRef] = set()
+            for pod in [w.pod for w in self.workers.values()] + list(self._fetching.values()):
+                if pod is not None:
+                    used |= sources_of(pod)
+            self.sources.retain(used)
+            await self.sources.fetch(used)
 
     async def _adopt_orphans(self, snapshot: RuntimeSnapshot) -> None:
         """Workers that remove what the runtime holds for Pods the API no longer has."""
