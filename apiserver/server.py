@@ -232,15 +232,16 @@ class ApiServer:
         from apiserver.authz.node import NodeAuthorizer
         from apiserver.authz.rbac import RBACAuthorizer
 
-        def key_of(resource: str, namespace: str, name: str) -> str:
-            kind = kinds.by_resource(resource)
-            assert kind is not None
-            return self.registry.key(kind, namespace, name)
-
         return [
-            NodeAuthorizer(self.caches, key_of=key_of),
-            RBACAuthorizer(self.caches, key_of=key_of),
+            NodeAuthorizer(self.caches, key_of=self._key_of),
+            RBACAuthorizer(self.caches, key_of=self._key_of),
         ]
+
+    def _key_of(self, resource: str, namespace: str, name: str) -> str:
+        """The watch cache key of an object, for the authorizers."""
+        kind = kinds.by_resource(resource)
+        assert kind is not None
+        return self.registry.key(kind, namespace, name)
 
     async def _become_ready(self) -> None:
         """Serve health once every cache has listed, then start the collector."""
@@ -254,6 +255,7 @@ class ApiServer:
             from apiserver.authz import bootstrap
 
             await bootstrap.reconcile(self.registry, clock=self._clock)
+            await bootstrap.until_cached(self.caches, key_of=self._key_of)
         self.collector.start()
         if self.config.service_ip_repair_interval > 0:
             services = self.caches["services"]

@@ -32,9 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Mapping
 from typing import Any
 
+from apiserver.authz.rbac import KeyOf
 from apiserver.registry import Registry
+from apiserver.watchcache import WatchCache
 from machinery import auth, errors, kinds
 from machinery.clock import Clock
 from machinery.log import get_logger
@@ -232,6 +235,22 @@ async def reconcile(registry: Registry, *, clock: Clock) -> None:
     this); each retries with back-off while etcd is away or another server races it."""
     wanted = [*cluster_roles(), *cluster_role_bindings()]
     await asyncio.gather(*(_reconcile_retrying(registry, obj, clock=clock) for obj in wanted))
+
+
+async def until_cached(caches: Mapping[str, WatchCache], *, key_of: KeyOf) -> None:
+    """Return once the watch caches hold every built-in object, so the authorizers see
+    the policy as soon as the server says it is ready; give up (logged) after ~5 s, when
+    someone deleted an object right after it was written."""
+    wanted = [
+        (kinds.by_kind(obj["kind"]), obj["metadata"]["name"])
+        for obj in [*cluster_roles(), *cluster_role_bindings()]
+    ]
+    keys = [(kind.resource, key_of(kind.resource, "", name)) for kind, name in wanted if kind]
+    for _ in range(500):
+        if all(caches[resource].get(key) is not None for resource, key in keys):
+            return
+        await asyncio.sleep(0.01)  # a wait for the cache's own watch, not a decision
+    log.warning("built-in RBAC policy not in the watch caches yet, serving anyway")
 
 
 async def _reconcile_retrying(registry: Registry, wanted: Obj, *, clock: Clock) -> None:
