@@ -393,7 +393,7 @@ class ObjectService:
 def _stamp_requester(csr: dict[str, Any], user: UserInfo) -> None:
     """A signing request records who sent it, whatever the sender wrote there: approvers
     decide on the requester, so it must come from authentication."""
-    spec = csr.get("spec")
+    spec = csr.get("spec") if isinstance(csr, dict) else None
     if isinstance(spec, dict):
         spec["username"] = user.name
         spec["groups"] = list(user.groups)

@@ -9,6 +9,7 @@ start of its message.
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
 import json
@@ -558,6 +559,93 @@ data:
   tls.key: LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0t
 immutable: true
 """
+SERVICEACCOUNT_YAML = """
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: ci-runner
+  namespace: shop
+automountServiceAccountToken: false
+"""
+
+ROLE_YAML = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: pod-reader
+  namespace: shop
+rules:
+- apiGroups: [""]
+  resources: ["pods", "pods/log"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  resourceNames: ["storefront-settings"]
+  verbs: ["get"]
+"""
+
+CLUSTERROLE_YAML = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: deployment-manager
+rules:
+- apiGroups: ["apps"]
+  resources: ["deployments", "deployments/status", "replicasets"]
+  verbs: ["*"]
+"""
+
+ROLEBINDING_YAML = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: read-pods
+  namespace: shop
+subjects:
+- kind: User
+  name: jane
+  apiGroup: rbac.authorization.k8s.io
+- kind: ServiceAccount
+  name: ci-runner
+  namespace: shop
+roleRef:
+  kind: Role
+  name: pod-reader
+  apiGroup: rbac.authorization.k8s.io
+"""
+
+CLUSTERROLEBINDING_YAML = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: deployers
+subjects:
+- kind: Group
+  name: release-engineers
+  apiGroup: rbac.authorization.k8s.io
+roleRef:
+  kind: ClusterRole
+  name: deployment-manager
+  apiGroup: rbac.authorization.k8s.io
+"""
+
+
+def _csr_yaml() -> str:
+    from machinery import pki
+
+    request = pki.new_csr(pki.new_key(), pki.Subject("system:node:worker-1", ("system:nodes",)))
+    return f"""
+apiVersion: certificates.k8s.io/v1
+kind: CertificateSigningRequest
+metadata:
+  name: node-csr-worker-1
+spec:
+  request: {base64.b64encode(request).decode()}
+  signerName: kubernetes.io/kube-apiserver-client-kubelet
+  expirationSeconds: 86400
+  usages: ["digital signature", "client auth"]
+"""
+
 
 MANIFESTS: dict[str, str] = {
     "deployment-with-probes-resources-env-volumes": DEPLOYMENT_YAML,
@@ -577,6 +665,12 @@ MANIFESTS: dict[str, str] = {
     "event-new-style-about-node": NODE_EVENT_YAML,
     "lease-node-heartbeat": LEASE_YAML,
     "namespace-with-finalizer": NAMESPACE_YAML,
+    "serviceaccount-without-automount": SERVICEACCOUNT_YAML,
+    "role-with-resource-names": ROLE_YAML,
+    "clusterrole-with-subresources": CLUSTERROLE_YAML,
+    "rolebinding-user-and-serviceaccount": ROLEBINDING_YAML,
+    "clusterrolebinding-group": CLUSTERROLEBINDING_YAML,
+    "csr-node-client": _csr_yaml(),
 }
 
 
@@ -802,7 +896,8 @@ CASES = [
         {"kind": "Widget"},
         "kind",
         NS,
-        'Unsupported value: "Widget": supported values: "ConfigMap", "Deployment"',
+        'Unsupported value: "Widget": supported values: "CertificateSigningRequest", '
+        '"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment"',
     ),
     Case("kind-missing", "Pod", {"kind": DELETE}, "kind", R, "Required value"),
     Case(
