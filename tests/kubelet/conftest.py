@@ -1,6 +1,11 @@
 """Fixtures for the kubelet tests: a real registry with the default images, a real API server
 (tests/conftest.py), and kubelets on the real runtime.
 
+Every kubelet is its node's identity, as in a cluster: a kubeconfig with a client
+certificate `system:node:<name>` (group system:nodes) from the session CA, and a serving
+certificate issued beforehand for its logs/exec endpoint, which the API server dials with
+its kubelet client certificate. So the kubelet tests pass through the node authorizer.
+
 The session starts one docker-registry on a free loopback port and pushes the busybox and
 httpd images built from busybox-static (deploy/images); one image store and puller are
 shared by every in-process kubelet of the session, so each image is pulled once. Every
@@ -35,6 +40,8 @@ from kubelet.runtime.native import NativeRuntime, RuntimeOptions
 from machinery import errors
 from machinery.client import ApiClient
 from machinery.registry import RegistryHosts
+from machinery.streams import StreamsClient
+from tests.tls import ClusterPKI
 
 Obj = dict[str, Any]
 
@@ -137,18 +144,35 @@ def clean_node(config: KubeletConfig, extra_dirs: tuple[Path, ...] = ()) -> None
             unmount(point)
 
 
+def node_identity(pki: ClusterPKI, tmp: Path, name: str, server: str) -> dict[str, Any]:
+    """The KubeletConfig fields that make a kubelet its node: a kubeconfig with the node's
+    client certificate, and a serving pair for its endpoint."""
+    directory = tmp / name / "identity"
+    kubeconfig = pki.kubeconfig(directory / "kubeconfig", [server], pki.node_credentials(name))
+    cert, key = pki.kubelet_serving(name).write(directory, "kubelet-serving")
+    return {"kubeconfig": kubeconfig, "tls_cert_file": cert, "tls_private_key_file": key}
+
+
 class Nodes:
     """Starts in-process kubelets for a test and cleans up after them."""
 
-    def __init__(self, tmp: Path, server: str, registry: str, images: tuple) -> None:
+    def __init__(
+        self, tmp: Path, server: str, registry: str, images: tuple, *, pki: ClusterPKI
+    ) -> None:
         self.tmp = tmp
         self.server = server
         self.registry = registry
         self.store, self.puller = images
+        self.pki = pki
         self.kubelets: list[Kubelet] = []
         self.configs: list[KubeletConfig] = []
 
     def config(self, **overrides: Any) -> KubeletConfig:
+        """A kubelet's configuration, with its node identity unless overrides give one."""
+        overrides.setdefault("name", unique("node"))
+        if "kubeconfig" not in overrides:
+            identity = node_identity(self.pki, self.tmp, overrides["name"], self.server)
+            overrides = {**identity, **overrides}
         config = kubelet_config(self.tmp, self.server, self.registry, **overrides)
         self.configs.append(config)
         return config
@@ -176,9 +200,19 @@ class Nodes:
 
 @pytest.fixture
 async def nodes(
-    apiserver: Any, tmp_path: Path, kubelet_registry: RunningRegistry, image_cache: tuple
+    apiserver: Any,
+    cluster_pki: ClusterPKI,
+    tmp_path: Path,
+    kubelet_registry: RunningRegistry,
+    image_cache: tuple,
 ) -> AsyncIterator[Nodes]:
-    made = Nodes(tmp_path, f"127.0.0.1:{apiserver.port}", kubelet_registry.address, image_cache)
+    made = Nodes(
+        tmp_path,
+        f"127.0.0.1:{apiserver.port}",
+        kubelet_registry.address,
+        image_cache,
+        pki=cluster_pki,
+    )
     try:
         yield made
     finally:
@@ -216,6 +250,11 @@ def pod(name: str, node: str, *containers: Obj, **spec: Any) -> Obj:
             **spec,
         },
     }
+
+
+def streams_for(client: ApiClient) -> StreamsClient:
+    """A logs/exec client to the API server client talks to, with the same credentials."""
+    return StreamsClient(client.servers, credentials=client.credentials)
 
 
 def container_status(pod_obj: Obj, name: str, *, init: bool = False) -> Obj:

@@ -18,7 +18,7 @@ from kubelet.config import KubeletConfig
 from kubelet.runtime.interface import ContainerState
 from kubelet.runtime.native import NativeRuntime, RuntimeOptions
 from machinery import errors
-from machinery.streams import StreamsClient
+from machinery.client import ApiClient
 from tests.conftest import ROOT
 from tests.kubelet.conftest import (
     container_status,
@@ -27,6 +27,7 @@ from tests.kubelet.conftest import (
     pod,
     running,
     sh,
+    streams_for,
     wait_pod,
 )
 
@@ -73,17 +74,15 @@ async def started_count(client, name: str) -> int:
     return sum(e.get("count", 1) for e in events if e["reason"] == "Started")
 
 
-async def logs_of(apiserver, name: str) -> str:
-    streams = StreamsClient([f"127.0.0.1:{apiserver.port}"])
+async def logs_of(client: ApiClient, name: str) -> str:
+    streams = streams_for(client)
     try:
         return b"".join([chunk async for chunk in streams.logs("default", name)]).decode()
     finally:
         await streams.close()
 
 
-async def test_restarted_kubelet_adopts_running_and_exited_containers(
-    client, nodes, apiserver, tmp_path
-):
+async def test_restarted_kubelet_adopts_running_and_exited_containers(client, nodes, tmp_path):
     trigger = tmp_path / "trigger"
     trigger.mkdir()
     config = nodes.config()
@@ -116,7 +115,7 @@ async def test_restarted_kubelet_adopts_running_and_exited_containers(
     assert entry["containerID"] == keeper_id and entry["restartCount"] == 0
     assert container_pid(second.runtime.runtime, keeper_id) == pid
     assert await started_count(client, "keeper") == started_events
-    assert "finishing" in await logs_of(apiserver, "finisher")
+    assert "finishing" in await logs_of(client, "finisher")
 
 
 def kubelet_command(config: KubeletConfig, port: int) -> list[str]:
@@ -126,6 +125,7 @@ def kubelet_command(config: KubeletConfig, port: int) -> list[str]:
         "kubelet.main",
         "--server",
         ",".join(config.servers),
+        *identity_flags(config),
         "--node-name",
         config.node_name,
         "--node-ip",
@@ -146,6 +146,21 @@ def kubelet_command(config: KubeletConfig, port: int) -> list[str]:
         "0.5",
         "--backoff-max",
         "2",
+    ]
+
+
+def identity_flags(config: KubeletConfig) -> list[str]:
+    """The node's certificates as the kubelet command line takes them."""
+    if config.kubeconfig is None:
+        return []
+    assert config.tls_cert_file is not None and config.tls_private_key_file is not None
+    return [
+        "--kubeconfig",
+        str(config.kubeconfig),
+        "--tls-cert-file",
+        str(config.tls_cert_file),
+        "--tls-private-key-file",
+        str(config.tls_private_key_file),
     ]
 
 
@@ -174,9 +189,7 @@ class KubeletProcess:
         return self.log_path.read_text()[-3000:] if self.log_path.exists() else ""
 
 
-async def test_kubelet_killed_with_sigkill_comes_back_and_adopts(
-    client, nodes, apiserver, tmp_path
-):
+async def test_kubelet_killed_with_sigkill_comes_back_and_adopts(client, nodes, tmp_path):
     trigger = tmp_path / "trigger"
     trigger.mkdir()
     config = nodes.config()
@@ -214,7 +227,7 @@ async def test_kubelet_killed_with_sigkill_comes_back_and_adopts(
             assert container_pid(view, keeper_id) == pid
         finally:
             view.close()
-        assert "finishing" in await logs_of(apiserver, "finisher")
+        assert "finishing" in await logs_of(client, "finisher")
     finally:
         kubelet.kill()
 

@@ -94,7 +94,7 @@ async def test_reregistration_keeps_what_others_changed(client, nodes):
     assert node["metadata"]["labels"]["kubernetes.io/hostname"] == name
 
 
-async def test_kubelet_rides_out_a_lost_api_server(etcd, etcd_prefix, nodes):
+async def test_kubelet_rides_out_a_lost_api_server(etcd, etcd_prefix, cluster_pki, nodes):
     port = free_port()
 
     def server() -> ApiServer:
@@ -105,6 +105,7 @@ async def test_kubelet_rides_out_a_lost_api_server(etcd, etcd_prefix, nodes):
                 prefix=etcd_prefix,
                 bookmark_interval=1.0,
                 compaction_interval=0,
+                **cluster_pki.server_settings(),
             )
         )
 
@@ -112,7 +113,7 @@ async def test_kubelet_rides_out_a_lost_api_server(etcd, etcd_prefix, nodes):
     await api.start()
     await asyncio.wait_for(api.ready.wait(), 30)
     nodes.server = f"127.0.0.1:{port}"
-    client = ApiClient([nodes.server], timeout=5)
+    client = ApiClient([nodes.server], timeout=5, credentials=cluster_pki.admin_credentials)
     try:
         kubelet = await nodes.start()
         node = kubelet.config.node_name

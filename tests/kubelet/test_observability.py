@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
@@ -18,9 +19,9 @@ from tests.kubelet.conftest import phase_is, pod, running, sh, wait_pod
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 
 
-def kctl(apiserver, *args: str) -> subprocess.CompletedProcess[str]:
+def kctl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", "--server", f"127.0.0.1:{apiserver.port}", *args],
+        [sys.executable, "-m", "cli.main", "--config", str(kubeconfig), *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -28,7 +29,7 @@ def kctl(apiserver, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def test_usage_reaches_kctl_top_through_the_node(client, kubelet, apiserver):
+async def test_usage_reaches_kctl_top_through_the_node(client, kubelet, admin_kubeconfig):
     node = kubelet.config.node_name
     # A container that keeps a CPU busy for a while, so its figure is not zero.
     await client.create("pods", pod("busy", node, sh("main", "while true; do :; done")))
@@ -48,12 +49,12 @@ async def test_usage_reaches_kctl_top_through_the_node(client, kubelet, apiserve
     cpu = usage["pods"]["default/busy"]["containers"]["main"]["cpu"]
     assert cpu.endswith("m") and int(cpu[:-1]) > 100  # a spinning shell uses most of a core
 
-    pods = await asyncio.to_thread(kctl, apiserver, "top", "pod", "--containers")
+    pods = await asyncio.to_thread(kctl, admin_kubeconfig, "top", "pod", "--containers")
     assert pods.returncode == 0, pods.stderr
     header, *rows = pods.stdout.splitlines()
     assert header.split() == ["NAME", "CONTAINER", "CPU(cores)", "MEMORY(bytes)"]
     assert any(row.split()[:2] == ["busy", "main"] for row in rows)
-    nodes = await asyncio.to_thread(kctl, apiserver, "top", "node", node)
+    nodes = await asyncio.to_thread(kctl, admin_kubeconfig, "top", "node", node)
     assert nodes.returncode == 0, nodes.stderr
     assert nodes.stdout.splitlines()[1].split()[0] == node
     assert nodes.stdout.splitlines()[1].split()[2].endswith("%")

@@ -19,7 +19,7 @@ import pytest
 from machinery import errors
 from machinery.streams import StreamsClient
 from tests.conftest import ROOT
-from tests.kubelet.conftest import container_status, pod, running, sh, wait_pod
+from tests.kubelet.conftest import container_status, pod, running, sh, streams_for, wait_pod
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 
@@ -27,10 +27,10 @@ STAMP = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z ")
 
 
 @pytest.fixture
-async def streams(apiserver):
-    client = StreamsClient([f"127.0.0.1:{apiserver.port}"])
-    yield client
-    await client.close()
+async def streams(client):
+    made = streams_for(client)
+    yield made
+    await made.close()
 
 
 async def read_logs(streams: StreamsClient, name: str, **options) -> bytes:
@@ -179,7 +179,7 @@ async def _read_until(master: int, needle: bytes, seen: bytearray, timeout: floa
         loop.remove_reader(master)
 
 
-async def test_kctl_exec_it_on_a_real_terminal(client, kubelet, apiserver):
+async def test_kctl_exec_it_on_a_real_terminal(client, kubelet, admin_kubeconfig):
     await client.create("pods", pod("tty", kubelet.config.node_name))
     await wait_pod(client, "tty", running, what="Running")
     master, slave = os.openpty()
@@ -190,8 +190,8 @@ async def test_kctl_exec_it_on_a_real_terminal(client, kubelet, apiserver):
             sys.executable,
             "-m",
             "cli.main",
-            "--server",
-            f"127.0.0.1:{apiserver.port}",
+            "--config",
+            str(admin_kubeconfig),
             "exec",
             "-it",
             "tty",
@@ -226,12 +226,12 @@ async def test_kctl_exec_it_on_a_real_terminal(client, kubelet, apiserver):
     os.close(slave)
 
 
-async def test_kctl_logs_command(client, kubelet, apiserver):
+async def test_kctl_logs_command(client, kubelet, admin_kubeconfig):
     await client.create(
         "pods", pod("cli", kubelet.config.node_name, sh("main", "echo a; echo b; sleep 3600"))
     )
     await wait_pod(client, "cli", running, what="Running")
-    streams = StreamsClient([f"127.0.0.1:{apiserver.port}"])
+    streams = streams_for(client)
     try:
         await until_logs(streams, "cli", b"b\n")
     finally:
@@ -242,8 +242,8 @@ async def test_kctl_logs_command(client, kubelet, apiserver):
             sys.executable,
             "-m",
             "cli.main",
-            "--server",
-            f"127.0.0.1:{apiserver.port}",
+            "--config",
+            str(admin_kubeconfig),
             "logs",
             "pod/cli",
             "--tail",
@@ -261,8 +261,8 @@ async def test_kctl_logs_command(client, kubelet, apiserver):
             sys.executable,
             "-m",
             "cli.main",
-            "--server",
-            f"127.0.0.1:{apiserver.port}",
+            "--config",
+            str(admin_kubeconfig),
             "logs",
             "cli",
             "-c",

@@ -11,14 +11,24 @@ import base64
 import pytest
 
 from kubelet.mounts import mountpoints_under
-from machinery.streams import StreamsClient
-from tests.kubelet.conftest import container_status, pod, running, sh, wait_event, wait_pod
+from machinery.client import ApiClient
+from tests.kubelet.conftest import (
+    container_status,
+    pod,
+    running,
+    sh,
+    streams_for,
+    wait_event,
+    wait_pod,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 
 
-async def exec_output(apiserver, name: str, *command: str, container: str = "") -> tuple[str, int]:
-    streams = StreamsClient([f"127.0.0.1:{apiserver.port}"])
+async def exec_output(
+    client: ApiClient, name: str, *command: str, container: str = ""
+) -> tuple[str, int]:
+    streams = streams_for(client)
     try:
         async with streams.exec("default", name, list(command), container=container) as session:
             out, err, code = await session.collect()
@@ -28,7 +38,7 @@ async def exec_output(apiserver, name: str, *command: str, container: str = "") 
 
 
 async def until_output(
-    apiserver,
+    client,
     name: str,
     command: list[str],
     expected: str,
@@ -40,7 +50,7 @@ async def until_output(
 
     async def poll() -> str:
         while True:
-            last[0], _ = await exec_output(apiserver, name, *command, container=container)
+            last[0], _ = await exec_output(client, name, *command, container=container)
             if expected in last[0]:
                 return last[0]
             await asyncio.sleep(0.2)
@@ -51,7 +61,7 @@ async def until_output(
         pytest.fail(f"{command} in {name} never printed {expected!r}; last: {last[0]!r}")
 
 
-async def test_empty_dir_is_shared_by_the_containers_of_a_pod(client, kubelet, apiserver):
+async def test_empty_dir_is_shared_by_the_containers_of_a_pod(client, kubelet):
     node = kubelet.config.node_name
     mounts = [{"name": "shared", "mountPath": "/shared"}]
     spec = pod(
@@ -64,12 +74,12 @@ async def test_empty_dir_is_shared_by_the_containers_of_a_pod(client, kubelet, a
     await client.create("pods", spec)
     await wait_pod(client, "pair", running, what="Running")
     out = await until_output(
-        apiserver, "pair", ["cat", "/shared/note"], "from-writer", container="reader"
+        client, "pair", ["cat", "/shared/note"], "from-writer", container="reader"
     )
     assert out.strip() == "from-writer"
 
 
-async def test_memory_empty_dir_is_a_sized_tmpfs(client, kubelet, apiserver):
+async def test_memory_empty_dir_is_a_sized_tmpfs(client, kubelet):
     node = kubelet.config.node_name
     spec = pod(
         "ram",
@@ -81,12 +91,12 @@ async def test_memory_empty_dir_is_a_sized_tmpfs(client, kubelet, apiserver):
     await wait_pod(client, "ram", running, what="Running")
     volume_dir = kubelet.volumes.pod_dir(created["metadata"]["uid"])
     assert len(mountpoints_under(volume_dir)) == 1
-    out, code = await exec_output(apiserver, "ram", "df", "-k", "/scratch")
+    out, code = await exec_output(client, "ram", "df", "-k", "/scratch")
     assert code == 0
     assert "tmpfs" in out and "8192" in out
 
 
-async def test_host_path_sub_path_and_read_only(client, kubelet, apiserver, tmp_path):
+async def test_host_path_sub_path_and_read_only(client, kubelet, tmp_path):
     node = kubelet.config.node_name
     data = tmp_path / "data"
     (data / "inner").mkdir(parents=True)
@@ -103,9 +113,9 @@ async def test_host_path_sub_path_and_read_only(client, kubelet, apiserver, tmp_
     )
     await client.create("pods", spec)
     await wait_pod(client, "hostdata", running, what="Running")
-    out, _ = await exec_output(apiserver, "hostdata", "cat", "/inner/file")
+    out, _ = await exec_output(client, "hostdata", "cat", "/inner/file")
     assert out == "hello from the node\n"
-    _, code = await exec_output(apiserver, "hostdata", "touch", "/ro/nope")
+    _, code = await exec_output(client, "hostdata", "touch", "/ro/nope")
     assert code != 0
     assert not (data / "nope").exists()
 
@@ -135,7 +145,7 @@ async def test_host_path_type_mismatch_is_failed_mount(client, kubelet, tmp_path
     assert current["status"]["phase"] == "Pending"
 
 
-async def test_config_map_volume_and_env(client, kubelet, apiserver):
+async def test_config_map_volume_and_env(client, kubelet):
     node = kubelet.config.node_name
     await client.create(
         "configmaps",
@@ -187,7 +197,7 @@ async def test_config_map_volume_and_env(client, kubelet, apiserver):
     )
     await client.create("pods", spec)
     await wait_pod(client, "configured", running, what="Running")
-    env, _ = await exec_output(apiserver, "configured", "env")
+    env, _ = await exec_output(client, "configured", "env")
     variables = dict(line.split("=", 1) for line in env.splitlines() if "=" in line)
     assert variables["COLOR"] == "blue"
     assert variables["POD_NAME"] == "configured"
@@ -197,7 +207,7 @@ async def test_config_map_volume_and_env(client, kubelet, apiserver):
     assert variables["SUMMARY"] == "blue-configured"
     assert variables["CFG_size"] == "large"
     files, _ = await exec_output(
-        apiserver,
+        client,
         "configured",
         "sh",
         "-c",
@@ -206,7 +216,7 @@ async def test_config_map_volume_and_env(client, kubelet, apiserver):
     assert files.splitlines()[:2] == ["mode=fast", "blue"]
     assert "size" not in files.split()  # only the listed items
     modes, _ = await exec_output(
-        apiserver,
+        client,
         "configured",
         "stat",
         "-L",
@@ -219,8 +229,8 @@ async def test_config_map_volume_and_env(client, kubelet, apiserver):
 
     # An update of the ConfigMap reaches the volume (not the environment, as in Kubernetes).
     await client.patch("configmaps", "settings", {"data": {"color": "green"}}, namespace="default")
-    await until_output(apiserver, "configured", ["cat", "/config/color"], "green")
-    env, _ = await exec_output(apiserver, "configured", "sh", "-c", "echo $COLOR")
+    await until_output(client, "configured", ["cat", "/config/color"], "green")
+    env, _ = await exec_output(client, "configured", "sh", "-c", "echo $COLOR")
     assert env.strip() == "blue"
 
 
@@ -256,7 +266,7 @@ async def test_missing_config_map_waits_then_starts_once_it_exists(client, kubel
     await wait_pod(client, "patient", running, what="Running once the ConfigMap exists")
 
 
-async def test_secret_downward_and_projected_volumes(client, kubelet, apiserver):
+async def test_secret_downward_and_projected_volumes(client, kubelet):
     node = kubelet.config.node_name
     await client.create(
         "secrets",
@@ -329,7 +339,7 @@ async def test_secret_downward_and_projected_volumes(client, kubelet, apiserver)
     created = await client.create("pods", spec)
     await wait_pod(client, "secretive", running, what="Running")
     out, _ = await exec_output(
-        apiserver,
+        client,
         "secretive",
         "sh",
         "-c",
@@ -348,10 +358,10 @@ async def test_secret_downward_and_projected_volumes(client, kubelet, apiserver)
         {"metadata": {"labels": {"app": "secretive", "tier": "gold"}}},
         namespace="default",
     )
-    await until_output(apiserver, "secretive", ["cat", "/info/labels"], 'tier="gold"')
+    await until_output(client, "secretive", ["cat", "/info/labels"], 'tier="gold"')
 
 
-async def test_service_links_in_the_environment(client, kubelet, apiserver):
+async def test_service_links_in_the_environment(client, kubelet):
     service = await client.create(
         "services",
         {
@@ -366,12 +376,12 @@ async def test_service_links_in_the_environment(client, kubelet, apiserver):
     await client.create("pods", pod("unlinked", kubelet.config.node_name, enableServiceLinks=False))
     await wait_pod(client, "linked", running, what="Running")
     await wait_pod(client, "unlinked", running, what="Running")
-    env, _ = await exec_output(apiserver, "linked", "env")
+    env, _ = await exec_output(client, "linked", "env")
     variables = dict(line.split("=", 1) for line in env.splitlines() if "=" in line)
     assert variables["WEB_FRONT_SERVICE_HOST"] == ip
     assert variables["WEB_FRONT_SERVICE_PORT"] == "80"
     assert variables["WEB_FRONT_SERVICE_PORT_HTTP"] == "80"
     assert variables["WEB_FRONT_PORT"] == f"tcp://{ip}:80"
     assert variables["WEB_FRONT_PORT_80_TCP_ADDR"] == ip
-    env, _ = await exec_output(apiserver, "unlinked", "env")
+    env, _ = await exec_output(client, "unlinked", "env")
     assert "WEB_FRONT_SERVICE_HOST" not in env
