@@ -10,6 +10,10 @@ the store's own error types below.
 Several etcd endpoints may be given (an etcd cluster); on an unreachable
 endpoint the store moves to the next one, and the caller's request fails with
 StoreUnavailable, which is worth a retry.
+
+The store opens its gRPC channel itself and uses aetcd's generated stubs on
+it: aetcd's Client only dials plaintext, and etcd members that listen beyond
+loopback require TLS with client certificates (EtcdTLS).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
-import aetcd
 import grpc
 from aetcd import rpc
 from prometheus_client import Counter, Histogram
@@ -135,31 +138,67 @@ def _kv(kv: rpc.KeyValue) -> KeyValue:
     return KeyValue(kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision)
 
 
-class EtcdStore:
-    """Store on an etcd v3 cluster, through aetcd's connection and stubs."""
+@dataclasses.dataclass(frozen=True)
+class EtcdTLS:
+    """TLS towards etcd: the CA of its serving certificates, and our client certificate."""
 
-    def __init__(self, endpoints: Sequence[str], *, timeout: float = 10.0) -> None:
+    ca: bytes  # PEM
+    cert: bytes = b""  # PEM; empty: no client certificate
+    key: bytes = b""
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca,
+            private_key=self.key or None,
+            certificate_chain=self.cert or None,
+        )
+
+    def __repr__(self) -> str:  # never print a key by accident
+        return f"EtcdTLS(cert={'yes' if self.cert else 'no'})"
+
+
+@dataclasses.dataclass
+class _Connection:
+    """One channel to one etcd member and the stubs the store calls on it."""
+
+    channel: grpc.aio.Channel
+    kvstub: rpc.KVStub
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class EtcdStore:
+    """Store on an etcd v3 cluster, through aetcd's stubs on a channel of its own."""
+
+    def __init__(
+        self, endpoints: Sequence[str], *, timeout: float = 10.0, tls: EtcdTLS | None = None
+    ) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is required")
-        self._endpoints = [e.removeprefix("http://") for e in endpoints]
+        self._endpoints = [e.removeprefix("http://").removeprefix("https://") for e in endpoints]
         self._index = 0
         self._timeout = timeout
-        self._client: aetcd.Client | None = None
+        self._tls = tls
+        self._client: _Connection | None = None
         self._lock = asyncio.Lock()
 
     @property
     def endpoint(self) -> str:
         return self._endpoints[self._index]
 
-    async def _connected(self) -> aetcd.Client:
+    async def _connected(self) -> _Connection:
         if self._client is not None:
             return self._client
         async with self._lock:
             if self._client is None:
-                host, _, port = self.endpoint.rpartition(":")
-                client = aetcd.Client(host=host, port=int(port), timeout=self._timeout)
-                await client.connect()
-                self._client = client
+                if self._tls is None:
+                    channel = grpc.aio.insecure_channel(self.endpoint)
+                else:
+                    channel = grpc.aio.secure_channel(
+                        self.endpoint, self._tls.channel_credentials()
+                    )
+                self._client = _Connection(channel, rpc.KVStub(channel))
         return self._client
 
     async def _failover(self, err: grpc.aio.AioRpcError) -> StoreUnavailable:
@@ -178,7 +217,7 @@ class EtcdStore:
     async def _call(self, method: str, request: object) -> object:
         try:
             client = await self._connected()
-        except Exception as err:  # aetcd wraps connection failures in its own types
+        except Exception as err:  # noqa: BLE001 - a channel that cannot even be made
             raise StoreUnavailable(f"failed to connect to etcd at {self.endpoint}: {err}") from err
         started = time.perf_counter()
         try:

@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/api_throughput.py [--pods N] [--watchers W] [--events E]
 
-1. Pod creates through the API server at concurrency 1 and 64: rate, p50, p99.
+1. Pod creates through the API server at concurrency 1 and 64: rate, p50, p99,
+   over mutual TLS as the admin, as clients of a cluster talk to it.
 2. The yardstick: raw etcd puts of values of the same size, through the same
-   client library (aetcd) on the same etcd, at the same concurrency.
+   client library (aetcd's stubs) on the same etcd, at the same concurrency.
 3. Watch fan-out: W watchers (spread over several client processes so the
    clients are not the bottleneck) each receive E events; delivery latency is
    the time from the create call returning to a watcher reading the event,
@@ -26,6 +27,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from bench.common import control_plane, percentile, rss_bytes  # noqa: E402
+from machinery.credentials import Credentials  # noqa: E402
 
 
 def pod(i: int, tag: str) -> dict:
@@ -65,11 +67,11 @@ async def run_concurrent(count: int, concurrency: int, make_call) -> tuple[float
 
 
 async def api_creates(
-    address: str, count: int, concurrency: int, tag: str
+    address: str, count: int, concurrency: int, tag: str, *, credentials: Credentials
 ) -> tuple[float, list[float]]:
     from machinery.client import ApiClient
 
-    async with ApiClient([address]) as api:
+    async with ApiClient([address], credentials=credentials) as api:
         await api.create("pods", pod(0, f"{tag}-warm"))
 
         async def call(i: int) -> None:
@@ -99,16 +101,20 @@ async def etcd_puts(
 # -- watch fan-out ----------------------------------------------------------------------------
 
 
-def watcher_process(address: str, watchers: int, events: int, ready, results) -> None:
-    asyncio.run(_watchers(address, watchers, events, ready, results))
+def watcher_process(
+    address: str, credentials: Credentials, watchers: int, events: int, ready, results
+) -> None:
+    asyncio.run(_watchers(address, credentials, watchers, events, ready, results))
 
 
-async def _watchers(address: str, watchers: int, events: int, ready, results) -> None:
+async def _watchers(
+    address: str, credentials: Credentials, watchers: int, events: int, ready, results
+) -> None:
     import grpc
 
     from machinery.api import api_pb2, api_pb2_grpc
 
-    channel = grpc.aio.insecure_channel(address)
+    channel = grpc.aio.secure_channel(address, credentials.channel_credentials())
     stub = api_pb2_grpc.ObjectsStub(channel)
     latencies: list[float] = []
     opened = 0
@@ -143,10 +149,10 @@ async def _watchers(address: str, watchers: int, events: int, ready, results) ->
     results.put(latencies)
 
 
-async def produce(address: str, events: int, rate: float) -> None:
+async def produce(address: str, events: int, rate: float, credentials: Credentials) -> None:
     from machinery.client import ApiClient
 
-    async with ApiClient([address]) as api:
+    async with ApiClient([address], credentials=credentials) as api:
         interval = 1.0 / rate
         start = time.perf_counter()
         for i in range(events):
@@ -165,19 +171,26 @@ async def produce(address: str, events: int, rate: float) -> None:
             await api.create("configmaps", cm)
 
 
-async def ensure_namespace(address: str) -> None:
+async def ensure_namespace(address: str, credentials: Credentials) -> None:
     from machinery.client import ApiClient
 
-    async with ApiClient([address]) as api:
+    async with ApiClient([address], credentials=credentials) as api:
         await api.create(
             "namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "fanout"}}
         )
 
 
 def fan_out(
-    address: str, api_pid: int, watchers: int, events: int, rate: float, processes: int
+    address: str,
+    api_pid: int,
+    *,
+    credentials: Credentials,
+    watchers: int,
+    events: int,
+    rate: float,
+    processes: int,
 ) -> dict:
-    asyncio.run(ensure_namespace(address))
+    asyncio.run(ensure_namespace(address, credentials))
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
     per = [watchers // processes + (1 if i < watchers % processes else 0) for i in range(processes)]
@@ -187,7 +200,9 @@ def fan_out(
     for count in per:
         ready = ctx.Event()
         readies.append(ready)
-        child = ctx.Process(target=watcher_process, args=(address, count, events, ready, results))
+        child = ctx.Process(
+            target=watcher_process, args=(address, credentials, count, events, ready, results)
+        )
         child.start()
         children.append(child)
     for ready in readies:
@@ -195,7 +210,7 @@ def fan_out(
     time.sleep(1.0)
     after_open = rss_bytes(api_pid)
     started = time.perf_counter()
-    asyncio.run(produce(address, events, rate))
+    asyncio.run(produce(address, events, rate, credentials))
     latencies: list[float] = []
     for _ in children:
         latencies += results.get(timeout=600)
@@ -224,9 +239,12 @@ def main() -> int:
     parser.add_argument("--watch-processes", type=int, default=2)
     args = parser.parse_args()
     size = len(json.dumps(pod(0, "sizing")).encode()) + 200  # the server adds metadata
-    with control_plane() as (etcd, address, api):
-        c1_rate, c1 = asyncio.run(api_creates(address, args.serial, 1, "serial"))
-        c64_rate, c64 = asyncio.run(api_creates(address, args.pods, 64, "parallel"))
+    with control_plane() as plane:
+        etcd, address, admin = plane.etcd, plane.address, plane.admin
+        c1_rate, c1 = asyncio.run(api_creates(address, args.serial, 1, "serial", credentials=admin))
+        c64_rate, c64 = asyncio.run(
+            api_creates(address, args.pods, 64, "parallel", credentials=admin)
+        )
         e1_rate, _ = asyncio.run(etcd_puts(etcd.endpoint, args.serial, 1, size, "serial"))
         e64_rate, e64 = asyncio.run(etcd_puts(etcd.endpoint, args.pods, 64, size, "parallel"))
         print(
@@ -238,7 +256,13 @@ def main() -> int:
         watch = {}
         if args.watchers:
             watch = fan_out(
-                address, api.pid, args.watchers, args.events, args.event_rate, args.watch_processes
+                address,
+                plane.process.pid,
+                credentials=admin,
+                watchers=args.watchers,
+                events=args.events,
+                rate=args.event_rate,
+                processes=args.watch_processes,
             )
             print(f"watch: {watch}", file=sys.stderr)
     result = {

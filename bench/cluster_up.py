@@ -5,7 +5,8 @@
 Brings up a fresh cluster of its own (unique name, private state root and
 client config; packages are expected to be installed already) with
 deploy/up.sh, timing until every node is Ready and the default images are in
-the registry (up.sh returns only then); then times
+the registry (up.sh returns only then: the CA and certificates made, the
+join token published, every kubelet joined with it); then times
 `kctl run httpd-app --image=httpd --replicas=2` until both Pods are Running,
 as seen through a watch; then takes the cluster down again. The yardstick is
 kind, which takes about a minute to create a cluster.
@@ -32,12 +33,15 @@ sys.path.insert(0, str(ROOT))
 KIND_CREATE_S = 60.0
 
 
-async def watch_running(server: str, selector: str, count: int, timeout: float) -> float:
+async def watch_running(config_path: str, selector: str, count: int, timeout: float) -> float:
     """Seconds from now until `count` Pods matching selector are Running."""
+    from machinery import config
     from machinery.client import ApiClient
 
+    # As kctl does: the admin context the bring-up wrote, certificate and all.
+    context = config.load_context(pathlib.Path(config_path))
     started = time.perf_counter()
-    async with ApiClient([server]) as api:
+    async with ApiClient(context.servers, credentials=context.credentials) as api:
         page = await api.list("pods", label_selector=selector)
         version = page.resource_version
         running = {
@@ -91,8 +95,6 @@ def main() -> int:
             up_s = time.perf_counter() - started
             if up.returncode != 0:
                 raise SystemExit(f"deploy/up.sh failed:\n{up.stdout}{up.stderr}")
-            layout = json.loads((pathlib.Path(tmp) / "state" / name / "cluster.json").read_text())
-            server = f"127.0.0.1:{layout['ports']['apiserver']}"
             started = time.perf_counter()
             run = subprocess.run(
                 [str(ROOT / ".venv/bin/kctl"), "run", "httpd-app", "--image=httpd", "--replicas=2"],
@@ -104,7 +106,7 @@ def main() -> int:
             )
             if run.returncode != 0:
                 raise SystemExit(f"kctl run failed: {run.stderr}")
-            asyncio.run(watch_running(server, "app=httpd-app", 2, timeout=120))
+            asyncio.run(watch_running(env["KUBELITE_CONFIG"], "app=httpd-app", 2, timeout=120))
             run_s = time.perf_counter() - started
         finally:
             subprocess.run(

@@ -30,7 +30,8 @@ import uuid
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, control_plane, percentile  # noqa: E402
+from bench.common import ROOT, ControlPlane, control_plane, percentile  # noqa: E402
+from deploy import pki  # noqa: E402
 from deploy.etcd import free_port  # noqa: E402
 from deploy.images.build import (  # noqa: E402
     build_default_images,
@@ -206,8 +207,16 @@ def clean_runtime(state_dir: pathlib.Path, cgroup_root: str) -> None:
     detect().remove(cgroup_root)
 
 
-async def bench(args: argparse.Namespace, api: str, registry: str, tmp: pathlib.Path) -> dict:
+async def bench(
+    args: argparse.Namespace, plane: ControlPlane, registry: str, tmp: pathlib.Path
+) -> dict:
     node = f"bench-{uuid.uuid4().hex[:6]}"
+    # The kubelet holds its own node certificate, as in a cluster; no controller manager
+    # runs to sign a serving certificate, so that one is issued here too.
+    kubeconfig = plane.kubeconfig(f"node-{node}", pki.node_subject(node))
+    serving_cert, serving_key = plane.serving_pair(
+        f"kubelet-{node}", pki.node_subject(node), alt_names=("127.0.0.1",)
+    )
     cgroup_root = f"kubelite-bench-{os.getpid()}"
     state = tmp / "node"
     log = open(tmp / "kubelet.log", "wb")
@@ -217,8 +226,12 @@ async def bench(args: argparse.Namespace, api: str, registry: str, tmp: pathlib.
             sys.executable,
             "-m",
             "kubelet.main",
-            "--server",
-            api,
+            "--kubeconfig",
+            str(kubeconfig),
+            "--tls-cert-file",
+            str(serving_cert),
+            "--tls-private-key-file",
+            str(serving_key),
             "--node-name",
             node,
             "--node-ip",
@@ -242,7 +255,7 @@ async def bench(args: argparse.Namespace, api: str, registry: str, tmp: pathlib.
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    client = ApiClient([api], timeout=30)
+    client = ApiClient([plane.address], timeout=30, credentials=plane.admin)
     try:
         await wait_for(lambda: node_ready(client, node), 60, "the node to be Ready")
         # Warm up: pull the image and start the runtime's helpers once.
@@ -302,9 +315,10 @@ def main() -> int:
             push_default_images(
                 hosts, registry.address, build_default_images(inspect_busybox()), tags=("latest",)
             )
-            with control_plane() as (etcd, api, process):
-                args.watch_pids = (process.pid, etcd.process.pid) if args.breakdown else ()
-                result = asyncio.run(bench(args, api, registry.address, tmp))
+            with control_plane() as plane:
+                pids = (plane.process.pid, plane.etcd.process.pid)
+                args.watch_pids = pids if args.breakdown else ()
+                result = asyncio.run(bench(args, plane, registry.address, tmp))
         finally:
             hosts.close()
             registry.stop()

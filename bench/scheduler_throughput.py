@@ -29,6 +29,11 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from bench.common import ROOT, control_plane, percentile  # noqa: E402
+from machinery.credentials import Credentials  # noqa: E402
+from machinery.pki import Subject  # noqa: E402
+
+# The group the built-in RBAC policy gives a kubelet's rights for every node at once.
+HOLLOW_GROUP = "kubelite:hollow-nodes"
 
 YARDSTICK_PODS_PER_S = 680
 
@@ -132,10 +137,10 @@ async def create_and_watch(
     return first, created, bound
 
 
-async def measure(address: str, args: argparse.Namespace) -> dict:
+async def measure(address: str, args: argparse.Namespace, credentials: Credentials) -> dict:
     from machinery.client import ApiClient
 
-    async with ApiClient([address], timeout=60) as api:
+    async with ApiClient([address], timeout=60, credentials=credentials) as api:
         await wait_nodes(api, args.nodes, timeout=max(120.0, args.nodes / 20))
         print(f"{args.nodes} hollow nodes registered", file=sys.stderr)
         owners = await make_owners(api, args.replicasets, "measured")
@@ -173,10 +178,13 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64, help="creates in flight")
     args = parser.parse_args()
     with (
-        control_plane(extra_args=["--watch-cache-size=50000"]) as (_etcd, address, _api),
+        control_plane(extra_args=["--watch-cache-size=50000"]) as plane,
         tempfile.TemporaryDirectory(prefix="kubelite-bench-sched-") as tmp,
     ):
         logs = [open(os.path.join(tmp, n), "wb") for n in ("hollow.log", "scheduler.log")]
+        # The hollow nodes act for thousands of nodes at once, which no one node identity
+        # may: they hold the simulator's identity (the built-in policy's system:node role).
+        # The scheduler runs as itself, as in a cluster.
         hollow = subprocess.Popen(
             [
                 sys.executable,
@@ -184,8 +192,8 @@ def main() -> int:
                 "hollow",
                 "--nodes",
                 str(args.nodes),
-                "--server",
-                address,
+                "--kubeconfig",
+                str(plane.kubeconfig("hollow", Subject("kubelite:hollow", (HOLLOW_GROUP,)))),
                 "--log-level",
                 "WARNING",
             ],
@@ -198,7 +206,7 @@ def main() -> int:
                 sys.executable,
                 "-m",
                 "scheduler.main",
-                f"--server={address}",
+                f"--kubeconfig={plane.kubeconfig('scheduler')}",
                 "--leader-elect=false",
                 "--log-level=WARNING",
             ],
@@ -207,7 +215,7 @@ def main() -> int:
             stderr=subprocess.STDOUT,
         )
         try:
-            result = asyncio.run(measure(address, args))
+            result = asyncio.run(measure(plane.address, args, plane.admin))
         finally:
             for process in (scheduler, hollow):
                 process.terminate()

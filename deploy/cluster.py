@@ -7,12 +7,24 @@ roots, and its ports, chosen free at the first bring-up and kept in
 <state>/cluster.json so a second run finds the same cluster. `up` on a
 running cluster reports it (its supervisor already restarts what died) and
 repairs the host plumbing; on a stopped one it starts the supervisor again.
+
+Security: the first bring-up creates the cluster's CA and certificates in
+<state>/pki (deploy/pki.py; later runs reuse them), a client config per
+component, and a join token whose bootstrap config each node's kubelet
+presents once to be issued its node certificate. The token's Secret is
+created through the API once the API server answers. A token whose Secret is
+gone (revoked with `kctl delete secret -n kube-system bootstrap-token-<id>`)
+is never brought back: the next run makes a new one for nodes still to join.
+Every call the bring-up makes to the API server is made as the admin
+(kubernetes-admin, system:masters), whose context becomes kctl's current one.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import datetime
 import json
 import os
 import pathlib
@@ -23,16 +35,19 @@ import subprocess
 import sys
 import time
 
-from deploy import hostnet, layout
+from deploy import hostnet, layout, pki
 from deploy.etcd import free_port
 from machinery import config, errors
+from machinery import pki as machinery_pki
 from machinery.client import ApiClient
+from machinery.credentials import Credentials
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PORTS = (
     "etcd",
     "etcd_peer",
     "apiserver",
+    "apiserver_token",
     "apiserver_metrics",
     "scheduler_metrics",
     "controller_manager_metrics",
@@ -77,12 +92,26 @@ def load_or_create_layout(name: str, nodes: int, extra: dict | None = None) -> t
     current["nodes"] = nodes
     current.update(extra or {})
     for port in PORTS:
+        if port == "apiserver_token" and port not in current["ports"]:
+            current["ports"][port] = _next_port(current["ports"]["apiserver"])
         current["ports"].setdefault(port, free_port())
     current.setdefault("node_subnet", str(hostnet.pick_subnet()))
     changed = json.dumps(current, sort_keys=True) != before
     if changed:
         path.write_text(json.dumps(current, indent=2))
     return current, changed
+
+
+def _next_port(port: int) -> int:
+    """The port after port if it is free (the token listener sits next to mTLS), else any."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port + 1))
+        except OSError:
+            return free_port()
+    return port + 1
 
 
 def supervisor_pid(name: str) -> int:
@@ -143,6 +172,8 @@ def prepare_host(cluster: dict) -> None:
     if not key.exists() and encryption_main(["new-key", "--keep-existing", str(key)]) != 0:
         raise SystemExit(f"error: failed to create the Secret encryption key {key}")
 
+    ensure_pki(cluster)
+
     registry = state_dir(cluster["name"]) / "registry"
     (registry / "data").mkdir(parents=True, exist_ok=True)
     config_path = registry / "config.json"
@@ -152,11 +183,128 @@ def prepare_host(cluster: dict) -> None:
         )
 
 
-async def wait_api(server: str, timeout: float) -> None:
+def ensure_pki(cluster: dict) -> None:
+    """The CA and every certificate and client config the components are started with."""
+    state = state_dir(cluster["name"])
+    directory, name = layout.pki_dir(state), cluster["name"]
+    gateway = layout.cluster_net(cluster).gateway
+    names = pki.apiserver_names(["127.0.0.1", gateway], service_cidr=layout.SERVICE_CIDR)
+    try:
+        steps = pki.ensure_control_plane(directory, cluster=name, server_names=names)
+    except pki.PKIError as err:
+        raise SystemExit(f"error: {err}") from None
+    issued = pki.reissued(steps)
+    if steps[0].reason == "missing":
+        _say(f"created the cluster CA and {len(steps) - 1} certificates in {directory}")
+    else:
+        for line in issued:
+            _say(f"issued certificate {line}")
+    local = [layout.local_api_address(cluster)]
+    for component in ("scheduler", "controller-manager", "dns"):
+        pki.component_kubeconfig(directory, component, cluster=name, servers=local).write(
+            layout.kubeconfig(state, component)
+        )
+    pki.component_kubeconfig(
+        directory, "proxy", cluster=name, servers=[layout.api_address(cluster)]
+    ).write(layout.kubeconfig(state, "proxy"))
+    pki.component_kubeconfig(directory, pki.ADMIN, cluster=name, servers=local).write(
+        layout.kubeconfig(state, pki.ADMIN)
+    )
+    write_bootstrap_kubeconfigs(cluster, join_token(cluster))
+
+
+TOKEN_TTL = datetime.timedelta(hours=24)
+# A token this close to expiring is replaced rather than handed to a node.
+TOKEN_MIN_LEFT = datetime.timedelta(hours=1)
+
+
+def _token_path(cluster: dict) -> pathlib.Path:
+    return layout.pki_dir(state_dir(cluster["name"])) / "join-token.json"
+
+
+def join_token(cluster: dict) -> pki.JoinToken:
+    """The token nodes join with: the stored one while it has time left, else a new one."""
+    path = _token_path(cluster)
+    now = datetime.datetime.now(datetime.UTC)
+    try:
+        saved = json.loads(path.read_text())
+        token = pki.parse_join_token(saved["token"])
+        expires = datetime.datetime.fromisoformat(saved["expires"])
+    except (OSError, ValueError, KeyError, TypeError):
+        token = None
+    if token is not None and expires - now > TOKEN_MIN_LEFT:
+        return dataclasses.replace(token, expires=expires)
+    return _save_token(cluster, pki.new_join_token(ttl=TOKEN_TTL), published=False)
+
+
+def _save_token(cluster: dict, token: pki.JoinToken, *, published: bool) -> pki.JoinToken:
+    assert token.expires is not None
+    record = {"token": str(token), "expires": token.expires.isoformat(), "published": published}
+    machinery_pki.write_private(_token_path(cluster), json.dumps(record).encode())
+    return token
+
+
+def write_bootstrap_kubeconfigs(cluster: dict, token: pki.JoinToken) -> None:
+    state = state_dir(cluster["name"])
+    for index in range(1, cluster["nodes"] + 1):
+        node = layout.node_name(index)
+        pki.Kubeconfig(
+            cluster=cluster["name"],
+            servers=(layout.api_address(cluster),),
+            token_servers=(layout.token_address(cluster),),
+            ca_file=layout.pki_dir(state) / "ca.crt",
+            user=f"bootstrap-{node}",
+            token=str(token),
+        ).write(layout.bootstrap_kubeconfig(state, node))
+
+
+async def publish_join_token(api: ApiClient, cluster: dict) -> pki.JoinToken:
+    """Create the token's Secret; a token whose published Secret is gone is replaced."""
+    token = join_token(cluster)
+    saved = json.loads(_token_path(cluster).read_text())
+    try:
+        await api.get("secrets", token.secret_name, namespace=pki.TOKEN_NAMESPACE)
+        return token
+    except errors.NotFound:
+        pass
+    if saved.get("published"):
+        # Revoked (or removed by the token cleaner): never resurrect it.
+        _say(f"join token {token.id} was revoked; making a new one for nodes still to join")
+        token = _save_token(cluster, pki.new_join_token(ttl=TOKEN_TTL), published=False)
+        write_bootstrap_kubeconfigs(cluster, token)
+    secret = pki.bootstrap_token_secret(
+        token, description=f"joins nodes of cluster {cluster['name']}"
+    )
+    try:
+        await api.create("secrets", secret, namespace=pki.TOKEN_NAMESPACE)
+    except errors.AlreadyExists:
+        pass
+    _save_token(cluster, token, published=True)
+    return token
+
+
+def admin_credentials(name: str) -> Credentials:
+    directory = layout.pki_dir(state_dir(name))
+    admin = pki.KeyPair.read(directory, pki.ADMIN)
+    return Credentials(ca=(directory / "ca.crt").read_bytes(), cert=admin.cert, key=admin.key)
+
+
+def admin_context(name: str, server: str) -> config.Context:
+    """kctl's context for the cluster: the admin, its CA and certificate by path."""
+    directory = layout.pki_dir(state_dir(name))
+    files = {
+        "certificate-authority": str(directory / "ca.crt"),
+        "client-certificate": str(directory / f"{pki.ADMIN}.crt"),
+        "client-key": str(directory / f"{pki.ADMIN}.key"),
+    }
+    return config.Context(name, [server], "default", admin_credentials(name), files)
+
+
+async def wait_api(server: str, timeout: float, credentials: Credentials) -> None:
     """Wait until the API server answers, with the last error if it never does."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
-    async with ApiClient([server], timeout=2) as api:
+    async with ApiClient([server], timeout=2, credentials=credentials) as api:
         while time.monotonic() < deadline:
             try:
                 await api.get("namespaces", "default")
@@ -180,7 +328,7 @@ def seed_images(cluster: dict) -> list[str]:
         raise SystemExit(f"error: {err}") from err
 
 
-async def ensure_dns_service(server: str, cluster: dict) -> None:
+async def ensure_dns_service(server: str, cluster: dict, credentials: Credentials) -> None:
     """kube-dns at the fixed cluster IP, its endpoint the DNS server on the bridge."""
     net = layout.cluster_net(cluster)
     service = {
@@ -217,7 +365,7 @@ async def ensure_dns_service(server: str, cluster: dict) -> None:
             }
         ],
     }
-    async with ApiClient([server]) as api:
+    async with ApiClient([server], credentials=credentials) as api:
         for resource, obj in (("services", service), ("endpoints", endpoints)):
             try:
                 await api.get(resource, "kube-dns", namespace="kube-system")
@@ -225,10 +373,12 @@ async def ensure_dns_service(server: str, cluster: dict) -> None:
                 await api.create(resource, obj, namespace="kube-system")
 
 
-async def wait_nodes_ready(server: str, count: int, timeout: float) -> list[str]:
+async def wait_nodes_ready(
+    server: str, count: int, timeout: float, credentials: Credentials
+) -> list[str]:
     deadline = time.monotonic() + timeout
     ready: list[str] = []
-    async with ApiClient([server]) as api:
+    async with ApiClient([server], credentials=credentials) as api:
         while time.monotonic() < deadline:
             nodes = (await api.list("nodes")).items
             ready = sorted(
@@ -273,15 +423,17 @@ def up(args: argparse.Namespace) -> int:
         pid = start_supervisor(name)
         _say(f"starting cluster {name} with {cluster['nodes']} node(s) (supervisor PID {pid})")
     _say(f"waiting for the API server at {local} ...")
-    asyncio.run(wait_api(local, args.timeout))
-    config.save_context(config.Context(name, [local], "default"))
+    admin = admin_credentials(name)
+    asyncio.run(wait_api(local, args.timeout, admin))
+    config.save_context(admin_context(name, local))
     _say(f"control plane ready after {time.monotonic() - started:.1f}s")
+    token = asyncio.run(_publish(local, cluster, admin))
     images = seed_images(cluster)
     _say(f"registry {layout.registry_address(cluster)} holds: {', '.join(images)}")
-    asyncio.run(ensure_dns_service(local, cluster))
+    asyncio.run(ensure_dns_service(local, cluster, admin))
     if cluster["nodes"]:
-        _say(f"waiting for {cluster['nodes']} node(s) to be Ready ...")
-        ready = asyncio.run(wait_nodes_ready(local, cluster["nodes"], args.timeout))
+        _say(f"waiting for {cluster['nodes']} node(s) to be Ready (join token {token.id}) ...")
+        ready = asyncio.run(wait_nodes_ready(local, cluster["nodes"], args.timeout, admin))
         _say(f"nodes ready after {time.monotonic() - started:.1f}s: {', '.join(ready)}")
     report(name, cluster)
     if args.demo:
@@ -289,6 +441,11 @@ def up(args: argparse.Namespace) -> int:
 
         return run_demo(name)
     return 0
+
+
+async def _publish(server: str, cluster: dict, credentials: Credentials) -> pki.JoinToken:
+    async with ApiClient([server], timeout=10, credentials=credentials) as api:
+        return await publish_join_token(api, cluster)
 
 
 def report(name: str, cluster: dict) -> None:
@@ -303,6 +460,8 @@ def report(name: str, cluster: dict) -> None:
         _say(f"  {component:<22} pid {info.get('pid') or '-':<8}{restarts}")
     api = f"127.0.0.1:{ports['apiserver']}"
     _say(f"  API server             {api} (nodes use {layout.api_address(cluster)})")
+    _say(f"  token port             127.0.0.1:{ports['apiserver_token']} (bearer tokens)")
+    _say(f"  certificates           {layout.pki_dir(state)} (CA ca.crt)")
     _say(f"  registry               {layout.registry_address(cluster)}")
     _say(f"  node network           {cluster['node_subnet']} on bridge {name}-br")
     metrics = f"http://127.0.0.1:{ports['apiserver_metrics']}/metrics"

@@ -6,6 +6,15 @@ turns it into the components the supervisor runs, control plane first,
 then per node a kubelet and a proxy inside the node's network namespace.
 Every host-level name carries the cluster's name: the node namespaces,
 links, cgroup roots, etcd key prefix and state directories.
+
+Every component proves who it is: the API server serves TLS with the
+certificate deploy/pki.py issued into <state>/pki and requires client
+certificates on its port (bearer tokens on the next one); each control-plane
+component and each node's proxy has a client config <state>/kubeconfig/
+<component>.conf naming its own certificate; a kubelet joins with its node's
+bootstrap config (a join token) and keeps the certificate it is issued in
+<node state>/pki, with <node state>/kubelet.conf pointing at it. etcd listens
+on loopback only, so it needs no TLS of its own here.
 """
 
 from __future__ import annotations
@@ -32,6 +41,22 @@ class Component:
     env: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
+def pki_dir(state: pathlib.Path) -> pathlib.Path:
+    return state / "pki"
+
+
+def kubeconfig(state: pathlib.Path, component: str) -> pathlib.Path:
+    return state / "kubeconfig" / f"{component}.conf"
+
+
+def node_state(state: pathlib.Path, node: str) -> pathlib.Path:
+    return state / "nodes" / node
+
+
+def bootstrap_kubeconfig(state: pathlib.Path, node: str) -> pathlib.Path:
+    return node_state(state, node) / "bootstrap-kubelet.conf"
+
+
 def cluster_net(layout: dict[str, Any]) -> ClusterNet:
     return ClusterNet(layout["name"], ipaddress.ip_network(layout["node_subnet"]))
 
@@ -45,6 +70,24 @@ def api_address(layout: dict[str, Any]) -> str:
     return f"{cluster_net(layout).gateway}:{layout['ports']['apiserver']}"
 
 
+def token_address(layout: dict[str, Any]) -> str:
+    """Where nodes present a bearer token (their join token): the bridge's address."""
+    return f"{cluster_net(layout).gateway}:{layout['ports']['apiserver_token']}"
+
+
+def local_api_address(layout: dict[str, Any]) -> str:
+    return f"127.0.0.1:{layout['ports']['apiserver']}"
+
+
+def apiserver_listen(layout: dict[str, Any]) -> tuple[str, str]:
+    """The API server's mTLS and token listen addresses: loopback and the bridge."""
+    ports, gateway = layout["ports"], cluster_net(layout).gateway
+    return (
+        f"127.0.0.1:{ports['apiserver']},{gateway}:{ports['apiserver']}",
+        f"127.0.0.1:{ports['apiserver_token']},{gateway}:{ports['apiserver_token']}",
+    )
+
+
 def registry_address(layout: dict[str, Any]) -> str:
     return f"{cluster_net(layout).gateway}:{layout['ports']['registry']}"
 
@@ -54,7 +97,8 @@ def control_plane(state: pathlib.Path, layout: dict[str, Any]) -> list[Component
     ports = layout["ports"]
     name = layout["name"]
     net = cluster_net(layout)
-    api_local = f"127.0.0.1:{ports['apiserver']}"
+    pki = pki_dir(state)
+    listen, token_listen = apiserver_listen(layout)
     return [
         Component(
             "etcd",
@@ -78,8 +122,15 @@ def control_plane(state: pathlib.Path, layout: dict[str, Any]) -> list[Component
                 "-m",
                 "apiserver.main",
                 f"--etcd-servers=127.0.0.1:{ports['etcd']}",
-                f"--listen={api_local},{net.gateway}:{ports['apiserver']}",
+                f"--listen={listen}",
+                f"--token-listen={token_listen}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
                 f"--etcd-prefix=/registry/{name}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
                 f"--metrics-port={ports['apiserver_metrics']}",
                 f"--encryption-key-file={state / 'encryption-key'}",
             ],
@@ -94,7 +145,9 @@ def control_plane(state: pathlib.Path, layout: dict[str, Any]) -> list[Component
                 python,
                 "-m",
                 "controllers.manager",
-                f"--server={api_local}",
+                f"--kubeconfig={kubeconfig(state, 'controller-manager')}",
+                f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+                f"--cluster-signing-key-file={pki / 'ca.key'}",
                 f"--cluster-cidr={CLUSTER_CIDR}",
                 f"--metrics-port={ports['controller_manager_metrics']}",
                 f"--node-monitor-grace-period={layout.get('node_grace_period', 40)}",
@@ -107,7 +160,7 @@ def control_plane(state: pathlib.Path, layout: dict[str, Any]) -> list[Component
                 python,
                 "-m",
                 "scheduler.main",
-                f"--server={api_local}",
+                f"--kubeconfig={kubeconfig(state, 'scheduler')}",
                 f"--metrics-port={ports['scheduler_metrics']}",
             ],
         ),
@@ -117,7 +170,7 @@ def control_plane(state: pathlib.Path, layout: dict[str, Any]) -> list[Component
                 python,
                 "-m",
                 "dns.main",
-                f"--server={api_local}",
+                f"--kubeconfig={kubeconfig(state, 'dns')}",
                 f"--listen={net.gateway}:53",
                 f"--cluster-domain={CLUSTER_DOMAIN}",
                 f"--metrics-port={ports['dns_metrics']}",
@@ -131,7 +184,7 @@ def node_components(state: pathlib.Path, layout: dict[str, Any], index: int) -> 
     net = cluster_net(layout)
     node = node_name(index)
     node_ip = net.node_ip(index)
-    node_state = state / "nodes" / node
+    home = node_state(state, node)
     return [
         Component(
             f"{node}/kubelet",
@@ -139,11 +192,13 @@ def node_components(state: pathlib.Path, layout: dict[str, Any], index: int) -> 
                 python,
                 "-m",
                 "kubelet.main",
-                f"--server={api_address(layout)}",
+                f"--bootstrap-kubeconfig={bootstrap_kubeconfig(state, node)}",
+                f"--kubeconfig={home / 'kubelet.conf'}",
+                f"--cert-dir={home / 'pki'}",
                 f"--node-name={node}",
                 f"--node-ip={node_ip}",
                 f"--address={node_ip}",
-                f"--state-dir={node_state}",
+                f"--state-dir={home}",
                 f"--cgroup-root=kubelite-{layout['name']}-{node}",
                 f"--registry={registry_address(layout)}",
                 f"--insecure-registry={registry_address(layout)}",
@@ -161,7 +216,7 @@ def node_components(state: pathlib.Path, layout: dict[str, Any], index: int) -> 
                 python,
                 "-m",
                 "proxy.main",
-                f"--server={api_address(layout)}",
+                f"--kubeconfig={kubeconfig(state, 'proxy')}",
                 f"--node-name={node}",
                 f"--node-ip={node_ip}",
                 f"--cluster-cidr={CLUSTER_CIDR}",

@@ -1,4 +1,9 @@
-"""The one-host bring-up end to end: up, kctl with no flags, repair, idempotency, down."""
+"""The one-host bring-up end to end: up, kctl with no flags, repair, idempotency, down.
+
+Also what the bring-up issues: the CA and every certificate in <state>/pki
+(keys readable by root alone), kctl's context as the admin with its files by
+path, the same certificates reused on a second run, and --purge removing them.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import json
 import os
 import pathlib
 import signal
+import stat
 import subprocess
 import time
 import uuid
@@ -53,6 +59,7 @@ def test_control_plane_up_repair_and_down(cluster_env) -> None:
     assert "kube-system" in kctl.stdout
 
     state = pathlib.Path(env["KUBELITE_STATE_ROOT"]) / name
+    issued = check_pki(state / "pki", pathlib.Path(env["KUBELITE_CONFIG"]), name)
     status = json.loads((state / "status.json").read_text())
     pids = {component: info["pid"] for component, info in status.items()}
     assert set(pids) >= {"etcd", "apiserver", "scheduler"}
@@ -75,6 +82,7 @@ def test_control_plane_up_repair_and_down(cluster_env) -> None:
     assert again.returncode == 0, again.stderr
     assert "already running" in again.stdout
     assert run(".venv/bin/kctl", "get", "ns", "default", env=env).returncode == 0
+    assert {p.name: p.read_bytes() for p in (state / "pki").glob("*.crt")} == issued
 
     status = json.loads((state / "status.json").read_text())
     down = run("deploy/down.sh", "--name", name, "--purge", env=env)
@@ -82,6 +90,31 @@ def test_control_plane_up_repair_and_down(cluster_env) -> None:
     for component, info in status.items():
         assert not alive(info["pid"]), f"{component} (pid {info['pid']}) still runs"
     assert not state.exists()
+
+
+def check_pki(pki: pathlib.Path, kctl_config: pathlib.Path, name: str) -> dict[str, bytes]:
+    """The certificates a bring-up issues, as deploy/pki.py lays them out; their bytes."""
+    from deploy import pki as deploy_pki
+    from machinery import config
+    from machinery import pki as machinery_pki
+
+    ca = (pki / "ca.crt").read_bytes()
+    subjects = {
+        "apiserver": machinery_pki.Subject("kube-apiserver"),
+        "apiserver-kubelet-client": machinery_pki.Subject("kube-apiserver-kubelet-client"),
+        **deploy_pki.COMPONENTS,
+    }
+    for file, subject in subjects.items():
+        cert = (pki / f"{file}.crt").read_bytes()
+        assert machinery_pki.signed_by(cert, ca), file
+        assert machinery_pki.subject_of(cert) == subject, file
+    for key in pki.glob("*.key"):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
+    ctx = config.load_context(kctl_config)
+    assert ctx.name == name and ctx.credentials is not None
+    assert ctx.files["client-certificate"] == str(pki / "admin.crt")
+    assert ctx.files["certificate-authority"] == str(pki / "ca.crt")
+    return {p.name: p.read_bytes() for p in pki.glob("*.crt")}
 
 
 def test_bad_arguments_are_refused(cluster_env) -> None:

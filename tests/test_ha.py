@@ -28,6 +28,8 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -55,6 +57,8 @@ from machinery import errors
 from machinery.client import ApiClient, retry
 from machinery.clock import parse_rfc3339
 from machinery.config import load_context
+from machinery.credentials import Credentials
+from machinery.pki import KeyPair
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Short enough to keep the test short, long enough that a loaded machine's leader
@@ -168,7 +172,29 @@ TOKEN = "abcdef.0123456789abcdef"
         pytest.param(["--servers", "10.0.0.1"], "needs the join token", id="no-token"),
         pytest.param(["--servers", "10.0.0.1", "--token", "x"], "not a join token", id="bad-token"),
         pytest.param(
-            ["--servers", "10.0.0.1", "--token", TOKEN, "--node-name", "Agent_1"],
+            ["--servers", "10.0.0.1", "--token", TOKEN], "needs the cluster CA", id="no-ca-file"
+        ),
+        pytest.param(
+            ["--servers", "10.0.0.1", "--token", TOKEN, "--ca-file", "/nonexistent/ca.crt"],
+            "--ca-file /nonexistent/ca.crt: cannot read it",
+            id="ca-file-missing",
+        ),
+        pytest.param(
+            ["--servers", "10.0.0.1", "--token", TOKEN, "--ca-file", "NOT_PEM"],
+            "not a PEM certificate",
+            id="ca-file-not-a-certificate",
+        ),
+        pytest.param(
+            [
+                "--servers",
+                "10.0.0.1",
+                "--token",
+                TOKEN,
+                "--ca-file",
+                "CA",
+                "--node-name",
+                "Agent_1",
+            ],
             "--node-name 'Agent_1'",
             id="bad-node-name",
         ),
@@ -176,7 +202,13 @@ TOKEN = "abcdef.0123456789abcdef"
 )
 def test_agent_install_refusals(tmp_path, capsys, args: list[str], message: str) -> None:
     from deploy.roles.install import main
+    from machinery import pki
 
+    # CA names a real CA certificate, NOT_PEM a file that is none.
+    (tmp_path / "ca.crt").write_bytes(pki.new_ca("test").cert)
+    (tmp_path / "junk").write_text("hello\n")
+    files = {"CA": str(tmp_path / "ca.crt"), "NOT_PEM": str(tmp_path / "junk")}
+    args = [files.get(a, a) for a in args]
     state = ["--state-dir", str(tmp_path / "s"), "--unit-dir", str(tmp_path / "u"), "--no-enable"]
     assert main(["agent", *state, *args]) == 2
     err = capsys.readouterr().err
@@ -211,7 +243,15 @@ def test_every_rendered_unit_has_a_template() -> None:
     assert units == templates
     etcd = commands.server_commands(server)[0].argv
     initial = next(a for a in etcd if a.startswith("--initial-cluster="))
-    assert initial.count("=http://") == 3 and "server-10-0-0-2=http://10.0.0.2:2380" in initial
+    assert initial.count("=https://") == 3 and "server-10-0-0-2=https://10.0.0.2:2380" in initial
+    # etcd listens beyond loopback, so clients and peers must show etcd-CA certificates.
+    assert {"--client-cert-auth", "--peer-client-cert-auth"} <= set(etcd)
+    assert all(
+        u.startswith("https://")
+        for a in etcd
+        if "-urls=" in a
+        for u in a.split("=", 1)[1].split(",")
+    )
 
 
 async def test_bootstrap_publishes_kube_dns_once_and_follows_the_server_list(client) -> None:
@@ -378,6 +418,21 @@ class HA:
     def logs(self, unit: str) -> str:
         return "\n".join(f"--- vm{m.index} {unit}:\n{m.log(unit)[-3000:]}" for m in self.machines)
 
+    @property
+    def admin(self) -> Credentials:
+        """The first server's admin: the CA and certificate its install issued."""
+        pki = self.servers[0].state / "pki"
+        pair = KeyPair.read(pki, "admin")
+        return Credentials(ca=(pki / "ca.crt").read_bytes(), cert=pair.cert, key=pair.key)
+
+    def etcd_tls(self) -> ssl.SSLContext:
+        pki = self.servers[0].state / "pki"
+        context = ssl.create_default_context(cafile=str(pki / "etcd-ca.crt"))
+        context.load_cert_chain(
+            pki / "apiserver-etcd-client.crt", pki / "apiserver-etcd-client.key"
+        )
+        return context
+
     def close(self) -> None:
         from deploy.nodeclean import clean_node
 
@@ -418,20 +473,21 @@ async def eventually_async(
     raise AssertionError(f"{what} (last: {last})\n{detail()}")
 
 
-def etcd_call(ip: str, path: str, body: dict | None = None) -> dict:
-    """A call to a member's HTTP gateway (/v3/... take a JSON body) or /health."""
+def etcd_call(ha: HA, ip: str, path: str, body: dict | None = None) -> dict:
+    """A call to a member's HTTPS gateway (/v3/... take a JSON body) or /health, with the
+    first server's etcd client certificate: etcd refuses a client without one."""
     request = urllib.request.Request(
-        f"http://{ip}:{commands.ETCD_CLIENT_PORT}{path}",
+        f"https://{ip}:{commands.ETCD_CLIENT_PORT}{path}",
         data=json.dumps(body or {}).encode() if path.startswith("/v3/") else None,
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=3) as response:
+    with urllib.request.urlopen(request, timeout=3, context=ha.etcd_tls()) as response:
         return json.loads(response.read())
 
 
 def etcd_member_ids(ha: HA) -> dict[str, str]:
     """Member ID (decimal, as the gateway writes it) by server address."""
-    members = etcd_call(ha.server_ips[0], "/v3/cluster/member/list")["members"]
+    members = etcd_call(ha, ha.server_ips[0], "/v3/cluster/member/list")["members"]
     by_name = {commands.member_name(ip): ip for ip in ha.server_ips}
     return {by_name[m["name"]]: m["ID"] for m in members}
 
@@ -441,21 +497,21 @@ def move_etcd_leader(ha: HA, target: Machine) -> None:
     ids = etcd_member_ids(ha)
 
     def leader() -> str:
-        return etcd_call(target.ip, "/v3/maintenance/status")["leader"]
+        return etcd_call(ha, target.ip, "/v3/maintenance/status")["leader"]
 
     current = eventually(leader, timeout=30, what="an etcd leader")
     if current != ids[target.ip]:
         old = next(ip for ip, member in ids.items() if member == current)
-        etcd_call(old, "/v3/maintenance/transfer-leadership", {"targetID": ids[target.ip]})
+        etcd_call(ha, old, "/v3/maintenance/transfer-leadership", {"targetID": ids[target.ip]})
     eventually(lambda: leader() == ids[target.ip], timeout=30, what=f"etcd led by {target.ip}")
 
 
-def etcd_healthy(ip: str) -> bool:
-    return etcd_call(ip, "/health").get("health") == "true"
+def etcd_healthy(ha: HA, ip: str) -> bool:
+    return etcd_call(ha, ip, "/health").get("health") == "true"
 
 
-async def answers(address: str) -> bool:
-    async with ApiClient([address], timeout=3) as api:
+async def answers(address: str, credentials: Credentials) -> bool:
+    async with ApiClient([address], timeout=3, credentials=credentials) as api:
         try:
             await api.get("namespaces", "default")
         except errors.ApiError:
@@ -494,25 +550,42 @@ def bring_up(ha: HA) -> None:
     first = _install(ha.servers[0].netns, "server", ha.servers[0].state, "--servers", servers)
     assert first.returncode == 0, first.stderr
     token = next(x for x in first.stdout.splitlines() if x.startswith("join token: ")).split()[2]
+    # A server that is not the first refuses to make a CA of its own.
+    second = ha.servers[1]
+    alone = _install(second.netns, "server", second.state, "--servers", servers, "--token", token)
+    assert alone.returncode == 2 and "--ca-dir" in alone.stderr, alone.stderr
+    # The others get the first server's CAs, copied as an operator would.
+    first_pki = ha.servers[0].state / "pki"
+    for machine in ha.servers[1:]:
+        given = machine.state / "given-ca"
+        given.mkdir(parents=True)
+        for name in ("ca.crt", "ca.key", "etcd-ca.crt", "etcd-ca.key"):
+            shutil.copy(first_pki / name, given / name)
     for machine in ha.servers:
+        ca_dir = [] if machine is ha.servers[0] else ["--ca-dir", str(machine.state / "given-ca")]
         result = _install(
-            machine.netns, "server", machine.state, "--servers", servers, "--token", token, *timings
-        )
+            machine.netns, "server", machine.state, "--servers", servers, "--token", token,
+            *ca_dir, *timings,
+        )  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert f"server {machine.ip} (interface eth0) of 3" in result.stdout
+        assert (machine.state / "pki" / "ca.crt").read_bytes() == (
+            first_pki / "ca.crt"
+        ).read_bytes()
     result = _install(
         ha.agent.netns, "agent", ha.agent.state, "--servers", servers, "--token", token,
-        "--node-name", ha.agent_name,
+        "--node-name", ha.agent_name, "--ca-file", str(first_pki / "ca.crt"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert {(m.state / "join-token").read_text() for m in ha.machines} == {token + "\n"}
+    assert not (ha.agent.state / "pki" / "ca.key").exists(), "an agent never holds the CA key"
 
     # etcd first: the members find each other from the same initial cluster.
     for machine in ha.servers:
         machine.start("kubelite-etcd")
     for machine in ha.servers:
         eventually(
-            lambda m=machine: etcd_healthy(m.ip), timeout=60, what=f"etcd on vm{machine.index}"
+            lambda m=machine: etcd_healthy(ha, m.ip), timeout=60, what=f"etcd on vm{machine.index}"
         )
 
     # The API servers, each on its own member first.
@@ -520,7 +593,9 @@ def bring_up(ha: HA) -> None:
         machine.start("kubelite-apiserver")
     for address in ha.api_addresses:
         eventually(
-            lambda a=address: asyncio.run(answers(a)), timeout=60, what=f"API server at {address}"
+            lambda a=address: asyncio.run(answers(a, ha.admin)),
+            timeout=60,
+            what=f"API server at {address}",
         )
 
 
@@ -530,7 +605,7 @@ def start_leaders_first(ha: HA, victim: Machine) -> None:
         victim.start(unit)
 
     async def leading() -> bool:
-        async with ApiClient(ha.api_addresses, timeout=3) as api:
+        async with ApiClient(ha.api_addresses, timeout=3, credentials=ha.admin) as api:
             for lease, unit in (
                 ("kube-controller-manager", "kubelite-controller-manager"),
                 ("kube-scheduler", "kubelite-scheduler"),
@@ -549,7 +624,16 @@ def start_leaders_first(ha: HA, victim: Machine) -> None:
             machine.start("kubelite-controller-manager")
             machine.start("kubelite-scheduler")
         machine.start("kubelite-dns")
+
+
+def join_agent(ha: HA) -> None:
+    """The agent's kubelet joins with the token; its proxy starts once it holds a certificate."""
     ha.agent.start("kubelite-kubelet")
+    eventually(
+        lambda: (ha.agent.state / "node" / "kubelet.conf").exists(),
+        timeout=60,
+        what=f"the agent's node certificate: {ha.agent.log('kubelite-kubelet')[-2000:]}",
+    )
     ha.agent.start("kubelite-proxy")
 
 
@@ -565,9 +649,11 @@ def ha(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
         first = commands.spread(testbed.server_ips, testbed.agent_name)[0]
         testbed.victim = testbed.server_at(first)
         start_leaders_first(testbed, testbed.victim)
+        # The bootstrap publishes kube-dns and the join token; then the agent can join.
         bootstrap = testbed.servers[1]
         done = _run_in(bootstrap.netns, bootstrap.argv("kubelite-bootstrap"))
         assert done.returncode == 0, done.stdout + done.stderr
+        join_agent(testbed)
         yield testbed
     except BaseException:
         print(testbed.logs("kubelite-apiserver"), testbed.logs("kubelite-etcd"))
@@ -579,7 +665,7 @@ def ha(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
 @pytest.mark.root
 async def test_three_servers_are_one_cluster(ha: HA) -> None:
     # One etcd cluster: every member lists the same three, under the same cluster ID.
-    lists = [etcd_call(ip, "/v3/cluster/member/list") for ip in ha.server_ips]
+    lists = [etcd_call(ha, ip, "/v3/cluster/member/list") for ip in ha.server_ips]
     assert len({m["header"]["cluster_id"] for m in lists}) == 1
     for members in lists:
         assert sorted(m["name"] for m in members["members"]) == sorted(
@@ -587,7 +673,7 @@ async def test_three_servers_are_one_cluster(ha: HA) -> None:
         )
 
     # A client with every server's address writes; every API server reads it back.
-    async with ApiClient(ha.api_addresses, timeout=5) as api:
+    async with ApiClient(ha.api_addresses, timeout=5, credentials=ha.admin) as api:
         cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "before"}}
         await api.create("configmaps", cm, namespace="default")
 
@@ -617,7 +703,7 @@ async def test_three_servers_are_one_cluster(ha: HA) -> None:
         )
         assert kctl.returncode == 0 and "before" in kctl.stdout, kctl.stderr
         for address in ha.api_addresses:
-            async with ApiClient([address], timeout=5) as one:
+            async with ApiClient([address], timeout=5, credentials=ha.admin) as one:
                 await eventually_async(
                     lambda o=one: o.get("configmaps", "before", namespace="default"),
                     timeout=10,
@@ -642,7 +728,7 @@ async def test_losing_a_server_leaves_the_cluster_working(ha: HA) -> None:
     survivors = [m for m in ha.servers if m is not victim]
     # The victim's address first: the client must fail over, as the agent's proxy must.
     addresses = [f"{victim.ip}:6443", *(f"{m.ip}:6443" for m in survivors)]
-    async with ApiClient(addresses, timeout=5) as api:
+    async with ApiClient(addresses, timeout=5, credentials=ha.admin) as api:
         before = {
             lease: (await lease_holder(api, lease))[1]
             for lease in ("kube-controller-manager", "kube-scheduler")
@@ -654,10 +740,10 @@ async def test_losing_a_server_leaves_the_cluster_working(ha: HA) -> None:
     killed_at = time.time()
     victim.kill()
 
-    async with ApiClient(addresses, timeout=5) as api:
+    async with ApiClient(addresses, timeout=5, credentials=ha.admin) as api:
         cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "after"}}
         await retry(lambda: api.create("configmaps", cm, namespace="default"), attempts=20)
-        assert all(etcd_healthy(m.ip) for m in survivors)
+        assert all(etcd_healthy(ha, m.ip) for m in survivors)
 
         # The leases the victim held move to survivors, and never before they ran out.
         for lease, unit in (

@@ -1,27 +1,39 @@
-"""Publish what a multi-machine cluster needs once its API answers: kube-dns, default images.
+"""Publish what a multi-machine cluster needs once its API answers: kube-dns, the join token,
+default images.
 
-    python -m deploy.roles.bootstrap --server A:6443,B:6443 --dns-servers A,B,C [--registry R]
+    python -m deploy.roles.bootstrap --kubeconfig ADMIN.conf --dns-servers A,B,C
+                                     [--join-token-file F] [--registry R]
 
-The kubelite-bootstrap one-shot unit runs this on every server. It waits
-until one of the API servers answers, then makes sure the kube-dns Service
-exists at the cluster's fixed DNS address with Endpoints listing every
-server's DNS listener, and with --registry that the registry holds the
-default images. Servers run it concurrently and in any order: creating what
-another already created is not an error, and Endpoints are only rewritten
-when they list other addresses. Running it again changes nothing.
+The kubelite-bootstrap one-shot unit runs this on every server, as the admin.
+It waits until one of the API servers answers, then makes sure the kube-dns
+Service exists at the cluster's fixed DNS address with Endpoints listing
+every server's DNS listener; that the join token in --join-token-file (the
+one the install printed) is a valid bootstrap token, by creating its Secret;
+and with --registry that the registry holds the default images. Servers run
+it concurrently and in any order: creating what another already created is
+not an error, and Endpoints are only rewritten when they list other
+addresses. Running it again changes nothing.
+
+A join token is published once: after its Secret was created, the file
+<join-token-file>.published records it, and a later run (a reboot) that finds
+the Secret gone leaves it gone, since deleting the Secret is how a token is
+revoked. New tokens come from `kctl token create`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
+import pathlib
 import sys
 import time
 from typing import Any
 
+from deploy import pki
 from deploy.layout import DNS_SERVICE_IP
 from deploy.roles.commands import DNS_PORT
-from machinery import errors
+from machinery import connection, errors
 from machinery import log as logsetup
 from machinery.client import ApiClient
 from machinery.log import get_logger
@@ -116,6 +128,32 @@ async def _ensure_service(api: ApiClient) -> str:
         return "unchanged"
 
 
+async def publish_join_token(api: ApiClient, path: pathlib.Path, *, ttl: float) -> str:
+    """Make the token in path valid (its Secret): 'created', 'present' or 'revoked'."""
+    token = pki.parse_join_token(path.read_text())
+    if token is None:
+        raise errors.Invalid(f"{path} does not hold a join token (<6>.<16> of [a-z0-9])")
+    published = path.with_name(path.name + ".published")
+    try:
+        await api.get("secrets", token.secret_name, namespace=pki.TOKEN_NAMESPACE)
+        outcome = "present"
+    except errors.NotFound:
+        if published.exists():
+            return "revoked"
+        expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=ttl)
+        secret = pki.bootstrap_token_secret(
+            pki.JoinToken(token.id, token.secret, expires.replace(microsecond=0)),
+            description="printed by deploy/roles/install.py server",
+        )
+        try:
+            await api.create("secrets", secret, namespace=pki.TOKEN_NAMESPACE)
+            outcome = "created"
+        except errors.AlreadyExists:  # another server published it first
+            outcome = "present"
+    published.touch()
+    return outcome
+
+
 def seed_images(registry: str, timeout: float) -> list[str]:
     """Push the default images unless the registry holds them; the repositories it holds."""
     from deploy.images.build import build_default_images, inspect_busybox, push_default_images
@@ -144,23 +182,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m deploy.roles.bootstrap", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument("--server", required=True, help="API server addresses, comma-separated")
+    connection.add_flags(p)
     p.add_argument(
         "--dns-servers", required=True, help="addresses of the servers' DNS listeners, comma-sep."
     )
     p.add_argument("--registry", default="", help="registry to seed with the default images")
+    p.add_argument(
+        "--join-token-file", type=pathlib.Path, default=None, help="join token to publish"
+    )
+    p.add_argument(
+        "--token-ttl",
+        type=float,
+        default=24 * 3600.0,
+        help="seconds the join token stays valid once published (default: %(default)s)",
+    )
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the API")
     p.add_argument("--log-level", default=None)
     return p.parse_args(argv)
 
 
 async def run(args: argparse.Namespace) -> None:
-    servers = [s.strip() for s in args.server.split(",") if s.strip()]
+    servers, credentials = connection.resolve(args)
     addresses = [s.strip() for s in args.dns_servers.split(",") if s.strip()]
-    async with ApiClient(servers, timeout=5) as api:
+    async with ApiClient(servers, timeout=5, credentials=credentials) as api:
         await wait_api(api, args.timeout)
         outcome = await ensure_dns(api, addresses)
-    log.info("kube-dns published", outcome=outcome, endpoints=",".join(sorted(addresses)))
+        log.info("kube-dns published", outcome=outcome, endpoints=",".join(sorted(addresses)))
+        if args.join_token_file is not None:
+            outcome = await publish_join_token(api, args.join_token_file, ttl=args.token_ttl)
+            if outcome == "revoked":
+                log.warning(
+                    "join token was revoked, not publishing it again (make one with kctl "
+                    "token create)",
+                    path=str(args.join_token_file),
+                )
+            else:
+                log.info("join token published", outcome=outcome)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.registry:
             held = seed_images(args.registry, args.timeout)
             log.info("registry seeded", registry=args.registry, images=",".join(held))
-    except (errors.ApiError, RuntimeError, OSError) as err:
+    except (errors.ApiError, RuntimeError, OSError, connection.ConnectionConfigError) as err:
         log.error("failed to bootstrap the cluster", err=err)
         return 1
     return 0

@@ -15,6 +15,17 @@ etcd member, its local API server), the others after it in the list's order;
 agents list the servers rotated by a hash of their node name, so their first
 choices spread over the servers. Ports are fixed, as on separate machines; a
 one-host test keeps them apart with one network namespace per machine.
+
+Every connection is TLS with a certificate naming its end (deploy/pki.py
+issues them into <state>/pki at install): the API server requires client
+certificates on APISERVER_PORT and takes bearer tokens on APISERVER_TOKEN_PORT;
+etcd listens on the machine's address, so it requires client and peer
+certificates from the etcd CA, which only the servers hold. A server's
+components find their certificates in <state>/kubeconfig/<component>.conf.
+An agent's kubelet joins with the bootstrap config the install wrote (the
+join token and the cluster CA) and keeps the certificate it is issued; the
+agent's proxy reads Services and Endpoints with that node identity, since an
+agent holds no CA key to issue a proxy certificate with.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from deploy.layout import CLUSTER_CIDR, CLUSTER_DOMAIN, DNS_SERVICE_IP, SERVICE_
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 APISERVER_PORT = 6443
+APISERVER_TOKEN_PORT = 6444
 REGISTRY_PORT = 5000
 DNS_PORT = 53
 APISERVER_METRICS_PORT = 9443
@@ -66,6 +78,13 @@ class ServerConfig:
     leader_election: LeaderElection = LeaderElection()
     registry: bool = False
 
+    @property
+    def pki_dir(self) -> pathlib.Path:
+        return self.state_dir / "pki"
+
+    def kubeconfig(self, component: str) -> pathlib.Path:
+        return self.state_dir / "kubeconfig" / f"{component}.conf"
+
 
 @dataclasses.dataclass(frozen=True)
 class AgentConfig:
@@ -75,6 +94,23 @@ class AgentConfig:
     state_dir: pathlib.Path
     python: str
     registry: str  # host:port of the registry short image names resolve to
+
+    @property
+    def node_dir(self) -> pathlib.Path:
+        return self.state_dir / "node"
+
+    @property
+    def bootstrap_kubeconfig(self) -> pathlib.Path:
+        return self.state_dir / "bootstrap-kubelet.conf"
+
+    @property
+    def kubeconfig(self) -> pathlib.Path:
+        """Written by the kubelet once it holds its node certificate."""
+        return self.node_dir / "kubelet.conf"
+
+    @property
+    def ca_file(self) -> pathlib.Path:
+        return self.state_dir / "pki" / "ca.crt"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,11 +136,45 @@ def member_name(address: str) -> str:
 
 
 def initial_cluster(servers: tuple[str, ...]) -> str:
-    return ",".join(f"{member_name(s)}=http://{s}:{ETCD_PEER_PORT}" for s in servers)
+    return ",".join(f"{member_name(s)}=https://{s}:{ETCD_PEER_PORT}" for s in servers)
 
 
 def api_servers(servers: tuple[str, ...]) -> str:
     return ",".join(f"{s}:{APISERVER_PORT}" for s in servers)
+
+
+def token_servers(servers: tuple[str, ...]) -> str:
+    return ",".join(f"{s}:{APISERVER_TOKEN_PORT}" for s in servers)
+
+
+def etcd_tls_flags(cfg: ServerConfig) -> tuple[str, ...]:
+    """etcd's TLS: clients and peers both show a certificate from the etcd CA."""
+    pki, member = cfg.pki_dir, member_name(cfg.node_ip)
+    cert, key, ca = pki / f"etcd-{member}.crt", pki / f"etcd-{member}.key", pki / "etcd-ca.crt"
+    return (
+        f"--cert-file={cert}",
+        f"--key-file={key}",
+        f"--trusted-ca-file={ca}",
+        "--client-cert-auth",
+        f"--peer-cert-file={cert}",
+        f"--peer-key-file={key}",
+        f"--peer-trusted-ca-file={ca}",
+        "--peer-client-cert-auth",
+    )
+
+
+def apiserver_tls_flags(cfg: ServerConfig) -> tuple[str, ...]:
+    pki = cfg.pki_dir
+    return (
+        f"--tls-cert-file={pki / 'apiserver.crt'}",
+        f"--tls-private-key-file={pki / 'apiserver.key'}",
+        f"--client-ca-file={pki / 'ca.crt'}",
+        f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+        f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+        f"--etcd-cafile={pki / 'etcd-ca.crt'}",
+        f"--etcd-certfile={pki / 'apiserver-etcd-client.crt'}",
+        f"--etcd-keyfile={pki / 'apiserver-etcd-client.key'}",
+    )
 
 
 def server_commands(cfg: ServerConfig) -> list[Command]:
@@ -119,11 +189,12 @@ def server_commands(cfg: ServerConfig) -> list[Command]:
                 shutil.which("etcd") or "/usr/bin/etcd",
                 f"--name={member_name(ip)}",
                 f"--data-dir={cfg.state_dir / 'etcd'}",
-                f"--listen-client-urls=http://{ip}:{ETCD_CLIENT_PORT},"
-                f"http://127.0.0.1:{ETCD_CLIENT_PORT}",
-                f"--advertise-client-urls=http://{ip}:{ETCD_CLIENT_PORT}",
-                f"--listen-peer-urls=http://{ip}:{ETCD_PEER_PORT}",
-                f"--initial-advertise-peer-urls=http://{ip}:{ETCD_PEER_PORT}",
+                f"--listen-client-urls=https://{ip}:{ETCD_CLIENT_PORT},"
+                f"https://127.0.0.1:{ETCD_CLIENT_PORT}",
+                f"--advertise-client-urls=https://{ip}:{ETCD_CLIENT_PORT}",
+                f"--listen-peer-urls=https://{ip}:{ETCD_PEER_PORT}",
+                f"--initial-advertise-peer-urls=https://{ip}:{ETCD_PEER_PORT}",
+                *etcd_tls_flags(cfg),
                 f"--initial-cluster={initial_cluster(cfg.servers)}",
                 "--initial-cluster-state=new",
                 f"--initial-cluster-token={cfg.cluster_name}",
@@ -141,6 +212,8 @@ def server_commands(cfg: ServerConfig) -> list[Command]:
                 "apiserver.main",
                 "--etcd-servers=" + ",".join(f"{s}:{ETCD_CLIENT_PORT}" for s in mine),
                 f"--listen={ip}:{APISERVER_PORT},127.0.0.1:{APISERVER_PORT}",
+                f"--token-listen={ip}:{APISERVER_TOKEN_PORT},127.0.0.1:{APISERVER_TOKEN_PORT}",
+                *apiserver_tls_flags(cfg),
                 "--etcd-prefix=/registry",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 f"--metrics-port={APISERVER_METRICS_PORT}",
@@ -152,7 +225,9 @@ def server_commands(cfg: ServerConfig) -> list[Command]:
                 python,
                 "-m",
                 "controllers.manager",
-                f"--server={api_servers(mine)}",
+                f"--kubeconfig={cfg.kubeconfig('controller-manager')}",
+                f"--cluster-signing-cert-file={cfg.pki_dir / 'ca.crt'}",
+                f"--cluster-signing-key-file={cfg.pki_dir / 'ca.key'}",
                 f"--cluster-cidr={CLUSTER_CIDR}",
                 *cfg.leader_election.flags(),
                 f"--metrics-port={CONTROLLER_MANAGER_METRICS_PORT}",
@@ -164,7 +239,7 @@ def server_commands(cfg: ServerConfig) -> list[Command]:
                 python,
                 "-m",
                 "scheduler.main",
-                f"--server={api_servers(mine)}",
+                f"--kubeconfig={cfg.kubeconfig('scheduler')}",
                 *cfg.leader_election.flags(),
                 f"--metrics-port={SCHEDULER_METRICS_PORT}",
             ),
@@ -175,7 +250,7 @@ def server_commands(cfg: ServerConfig) -> list[Command]:
                 python,
                 "-m",
                 "dns.main",
-                f"--server={api_servers(mine)}",
+                f"--kubeconfig={cfg.kubeconfig('dns')}",
                 f"--listen={ip}:{DNS_PORT}",
                 f"--cluster-domain={CLUSTER_DOMAIN}",
                 f"--metrics-port={DNS_METRICS_PORT}",
@@ -198,13 +273,15 @@ def registry_config(state_dir: pathlib.Path) -> pathlib.Path:
 
 
 def bootstrap_argv(cfg: ServerConfig) -> tuple[str, ...]:
-    """The one-shot that publishes kube-dns (and seeds the registry) once the API answers."""
+    """The one-shot that publishes kube-dns and the join token (and seeds the registry) once
+    the API answers."""
     argv = [
         cfg.python,
         "-m",
         "deploy.roles.bootstrap",
-        f"--server={api_servers(local_first(cfg.servers, cfg.node_ip))}",
+        f"--kubeconfig={cfg.kubeconfig('admin')}",
         f"--dns-servers={','.join(cfg.servers)}",
+        f"--join-token-file={cfg.state_dir / 'join-token'}",
     ]
     if cfg.registry:
         argv.append(f"--registry={cfg.node_ip}:{REGISTRY_PORT}")
@@ -212,7 +289,6 @@ def bootstrap_argv(cfg: ServerConfig) -> tuple[str, ...]:
 
 
 def agent_commands(cfg: AgentConfig) -> list[Command]:
-    servers = api_servers(spread(cfg.servers, cfg.node_name))
     return [
         Command(
             "kubelite-kubelet",
@@ -220,11 +296,13 @@ def agent_commands(cfg: AgentConfig) -> list[Command]:
                 cfg.python,
                 "-m",
                 "kubelet.main",
-                f"--server={servers}",
+                f"--bootstrap-kubeconfig={cfg.bootstrap_kubeconfig}",
+                f"--kubeconfig={cfg.kubeconfig}",
+                f"--cert-dir={cfg.node_dir / 'pki'}",
                 f"--node-name={cfg.node_name}",
                 f"--node-ip={cfg.node_ip}",
                 f"--address={cfg.node_ip}",
-                f"--state-dir={cfg.state_dir / 'node'}",
+                f"--state-dir={cfg.node_dir}",
                 f"--cgroup-root=kubelite-{cfg.node_name}",
                 f"--registry={cfg.registry}",
                 f"--insecure-registry={cfg.registry}",
@@ -241,7 +319,9 @@ def agent_commands(cfg: AgentConfig) -> list[Command]:
                 cfg.python,
                 "-m",
                 "proxy.main",
-                f"--server={servers}",
+                # The node's own identity, from the config its kubelet writes once it has
+                # joined: until then the proxy exits and its unit starts it again.
+                f"--kubeconfig={cfg.kubeconfig}",
                 f"--node-name={cfg.node_name}",
                 f"--node-ip={cfg.node_ip}",
                 f"--cluster-cidr={CLUSTER_CIDR}",

@@ -1,7 +1,9 @@
 """Install a kubelite server or agent on a machine: choose its address, write its units.
 
     python -m deploy.roles.install server [--node-ip IP | --iface NAME] [--servers IP1,IP2,IP3]
+                                          [--token T --ca-dir DIR]
     python -m deploy.roles.install agent  [--node-ip IP | --iface NAME] --servers ... --token T
+                                          --ca-file CA.crt
 
 (deploy/roles/server.sh and agent.sh install the packages first, then run this.)
 
@@ -18,15 +20,22 @@ and enabled and started when systemd runs this machine; otherwise the install
 prints the systemctl commands to run later. A server also writes kctl's
 context (named after --cluster-name) listing every server, its own first.
 
+Certificates (deploy/pki.py, into <state>/pki): the first server of the
+--servers list creates the cluster CA and the etcd CA; every other server is
+given both (their .crt and .key files, copied from the first server into a
+directory named by --ca-dir) and issues its own serving, component and etcd
+member certificates from them. A server that is not the first and has no CA
+refuses to install rather than start a second, disjoint cluster.
+
 The join token: the first server makes one (six and sixteen lowercase letters
-or digits, joined by a dot) and keeps it in <state>/join-token, readable by
-root alone; the other servers and every agent are given it with --token.
-TODO: nothing checks the token yet. The API server does not authenticate
-clients until the security work's bootstrap tokens land, so today any machine
-that reaches the servers can join as an agent. The token is made, stored and
-required in that shape so install commands written now keep working; what is
-missing is the kubelet presenting it once and the API server trading it for a
-node certificate.
+or digits, joined by a dot: a bootstrap token) and keeps it in
+<state>/join-token, readable by root alone; the other servers are given it
+with --token. Each server's one-shot bootstrap unit publishes it as its
+Secret once the API answers (valid 24 h; `kctl token create` makes more). An
+agent is given the token and the cluster CA certificate (--ca-file, copied
+from a server; never the key): it writes a bootstrap client config with
+both, and its kubelet presents the token once to be issued its node
+certificate.
 """
 
 from __future__ import annotations
@@ -45,7 +54,8 @@ import string
 import subprocess
 import sys
 
-from deploy.layout import CLUSTER_CIDR
+from deploy import pki
+from deploy.layout import CLUSTER_CIDR, SERVICE_CIDR
 from deploy.roles.commands import (
     REGISTRY_PORT,
     AgentConfig,
@@ -55,10 +65,15 @@ from deploy.roles.commands import (
     agent_commands,
     api_servers,
     local_first,
+    member_name,
     registry_config,
     server_commands,
+    spread,
+    token_servers,
 )
 from machinery import config as client_config
+from machinery import pki as machinery_pki
+from machinery.credentials import Credentials
 from machinery.labels import validate_dns1123_subdomain
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -362,6 +377,53 @@ def _remember(state_dir: pathlib.Path, **facts: object) -> None:
     (state_dir / "install.json").write_text(json.dumps(facts, indent=2) + "\n")
 
 
+def server_pki(config: ServerConfig, *, ca_dir: pathlib.Path | None) -> list[str]:
+    """This server's CAs and certificates, and its components' client configs."""
+    directory = config.pki_dir
+    try:
+        if ca_dir is not None:
+            for name in (pki.CA, pki.ETCD_CA):
+                pki.install_ca(directory, ca_dir, name=name)
+        elif not (directory / "ca.crt").exists() and config.node_ip != config.servers[0]:
+            raise InstallError(
+                f"--ca-dir: this server is not the first of --servers ({config.servers[0]} "
+                "is), so it needs the cluster's CAs: copy ca.crt, ca.key, etcd-ca.crt and "
+                f"etcd-ca.key from {directory} on the first server into a directory here "
+                "and name it with --ca-dir"
+            )
+        names = pki.apiserver_names([config.node_ip], service_cidr=SERVICE_CIDR)
+        steps = pki.ensure_control_plane(directory, cluster=config.cluster_name, server_names=names)
+        steps += pki.ensure_etcd(
+            directory,
+            cluster=config.cluster_name,
+            member=member_name(config.node_ip),
+            addresses=[config.node_ip],
+        )
+    except pki.PKIError as err:
+        raise InstallError(str(err)) from None
+    mine = api_servers(local_first(config.servers, config.node_ip)).split(",")
+    for component in ("scheduler", "controller-manager", "dns", pki.ADMIN):
+        pki.component_kubeconfig(
+            directory, component, cluster=config.cluster_name, servers=mine
+        ).write(config.kubeconfig(component))
+    return pki.reissued(steps)
+
+
+def _admin_context(config: ServerConfig) -> client_config.Context:
+    directory = config.pki_dir
+    files = {
+        "certificate-authority": str(directory / "ca.crt"),
+        "client-certificate": str(directory / f"{pki.ADMIN}.crt"),
+        "client-key": str(directory / f"{pki.ADMIN}.key"),
+    }
+    admin = pki.KeyPair.read(directory, pki.ADMIN)
+    credentials = Credentials(
+        ca=(directory / "ca.crt").read_bytes(), cert=admin.cert, key=admin.key
+    )
+    servers = api_servers(local_first(config.servers, config.node_ip)).split(",")
+    return client_config.Context(config.cluster_name, servers, "default", credentials, files)
+
+
 def install_server(args: argparse.Namespace) -> list[str]:
     state_dir: pathlib.Path = args.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -386,26 +448,34 @@ def install_server(args: argparse.Namespace) -> list[str]:
         raise InstallError("--leader-elect-renew-deadline must be shorter than the lease duration")
     if args.registry:
         _write_registry_config(config)
+    issued = server_pki(config, ca_dir=args.ca_dir)
     commands = server_commands(config)
     units = write_units(commands, unit_dir=args.unit_dir, state_dir=state_dir)
     _remember(state_dir, role="server", node_ip=choice.address, iface=choice.iface)
-    # kctl on this server, with every server to fail over to, its own first.
-    kctl = client_config.Context(
-        args.cluster_name, api_servers(local_first(servers, choice.address)).split(",")
-    )
+    # kctl on this server as the admin, with every server to fail over to, its own first.
+    kctl = _admin_context(config)
     client_config.save_context(kctl)
-    join = f"deploy/roles/agent.sh --servers {','.join(servers)} --token {token}"
+    ca = config.pki_dir / "ca.crt"
+    join = f"deploy/roles/agent.sh --servers {','.join(servers)} --token {token} --ca-file CA"
     return [
         f"server {choice.address} (interface {choice.iface}) of {len(servers)}: "
         f"{', '.join(servers)}",
+        f"certificates in {config.pki_dir}"
+        + (f": issued {'; '.join(issued)}" if issued else ": all present"),
         f"units written to {args.unit_dir}: {', '.join(u.name for u in units)}",
         *enable([u.name for u in units], wanted=not args.no_enable),
-        f"kctl: context {kctl.name} in {client_config.default_path()}",
-        f"join token: {token} (also in {state_dir / 'join-token'})",
-        "other servers: deploy/roles/server.sh --servers "
-        f"{','.join(servers)} --token {token} [--iface NAME | --node-ip IP]",
-        f"agents: {join} [--iface NAME | --node-ip IP]",
+        f"kctl: context {kctl.name} in {client_config.default_path()} (as the admin)",
+        f"join token: {token} (also in {state_dir / 'join-token'}; published by the bootstrap "
+        "unit, valid 24h; more with: kctl token create)",
+        f"cluster CA: {ca}",
+        f"other servers: copy {', '.join(f'{config.pki_dir}/{n}' for n in CA_FILES)} into a "
+        f"directory DIR on each, then: deploy/roles/server.sh --servers {','.join(servers)} "
+        f"--token {token} --ca-dir DIR [--iface NAME | --node-ip IP]",
+        f"agents: copy {ca} to CA on each, then: {join} [--iface NAME | --node-ip IP]",
     ]
+
+
+CA_FILES = ("ca.crt", "ca.key", "etcd-ca.crt", "etcd-ca.key")
 
 
 def _write_registry_config(config: ServerConfig) -> None:
@@ -427,6 +497,7 @@ def install_agent(args: argparse.Namespace) -> list[str]:
         raise InstallError("--token: an agent needs the join token the first server printed")
     servers = parse_servers(args.servers)
     token = check_token(args.token)
+    ca = read_ca_file(args.ca_file)
     node_name = check_node_name(args.node_name or socket.gethostname().lower())
     state_dir.mkdir(parents=True, exist_ok=True)
     choice = _choose(args, state_dir)
@@ -439,6 +510,7 @@ def install_agent(args: argparse.Namespace) -> list[str]:
         python=sys.executable,
         registry=args.registry or f"{servers[0]}:{REGISTRY_PORT}",
     )
+    write_bootstrap_kubeconfig(config, ca=ca, token=token)
     units = write_units(agent_commands(config), unit_dir=args.unit_dir, state_dir=state_dir)
     _remember(state_dir, role="agent", node_ip=choice.address, iface=choice.iface)
     return [
@@ -447,6 +519,37 @@ def install_agent(args: argparse.Namespace) -> list[str]:
         f"units written to {args.unit_dir}: {', '.join(u.name for u in units)}",
         *enable([u.name for u in units], wanted=not args.no_enable),
     ]
+
+
+def read_ca_file(path: pathlib.Path | None) -> bytes:
+    if path is None:
+        raise InstallError(
+            "--ca-file: an agent needs the cluster CA certificate (ca.crt, copied from a "
+            "server's pki directory) to know it talks to the real servers"
+        )
+    try:
+        pem = path.read_bytes()
+        machinery_pki.load_cert(pem)
+    except OSError as err:
+        raise InstallError(f"--ca-file {path}: cannot read it: {err.strerror}") from None
+    except machinery_pki.PKIError as err:
+        raise InstallError(f"--ca-file {path}: {err}") from None
+    return pem
+
+
+def write_bootstrap_kubeconfig(config: AgentConfig, *, ca: bytes, token: str) -> pathlib.Path:
+    """The kubelet's bootstrap client config: the join token, the CA, every server."""
+    config.ca_file.parent.mkdir(parents=True, exist_ok=True)
+    machinery_pki.write_private(config.ca_file, ca, mode=0o644)
+    order = spread(config.servers, config.node_name)
+    return pki.Kubeconfig(
+        cluster="kubelite",
+        servers=tuple(api_servers(order).split(",")),
+        token_servers=tuple(token_servers(order).split(",")),
+        ca_file=config.ca_file,
+        user=f"bootstrap-{config.node_name}",
+        token=token,
+    ).write(config.bootstrap_kubeconfig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -481,7 +584,16 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.set_defaults(handler=install_server if role == "server" else install_agent)
     server, agent = sub.choices["server"], sub.choices["agent"]
-    server.add_argument("--cluster-name", default="kubelite", help="etcd's cluster token")
+    server.add_argument(
+        "--cluster-name", default="kubelite", help="etcd's cluster token, kctl's context"
+    )
+    server.add_argument(
+        "--ca-dir",
+        type=pathlib.Path,
+        default=None,
+        help="directory with the first server's ca.crt, ca.key, etcd-ca.crt, etcd-ca.key "
+        "(every server but the first)",
+    )
     server.add_argument(
         "--registry", action="store_true", help=f"also run the image registry (:{REGISTRY_PORT})"
     )
@@ -489,6 +601,12 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--leader-elect-renew-deadline", type=float, default=10.0)
     server.add_argument("--leader-elect-retry-period", type=float, default=2.0)
     agent.add_argument("--node-name", default="", help="the Node's name (default: hostname)")
+    agent.add_argument(
+        "--ca-file",
+        type=pathlib.Path,
+        default=None,
+        help="the cluster CA certificate (ca.crt from a server), required",
+    )
     agent.add_argument(
         "--registry",
         default="",
