@@ -47,6 +47,20 @@ def _never_connected(err: grpc.aio.AioRpcError) -> bool:
     return "failed to connect" in (err.details() or "")
 
 
+def _cut_by_channel_close() -> bool:
+    """Whether a CancelledError out of a call means its channel was closed under it
+    (set_credentials, failover) rather than that the calling task is being cancelled.
+
+    NB: grpc.aio ends the calls of a closed channel with CancelledError; let through,
+    it would end an informer's or a loop's task as if it had been stopped."""
+    task = asyncio.current_task()
+    return task is not None and not task.cancelling()
+
+
+def _cut(target: str) -> errors.Unavailable:
+    return errors.Unavailable(f"the call to {target} was cut: the client's connection was replaced")
+
+
 @dataclasses.dataclass(frozen=True)
 class ObjectList:
     items: list[dict[str, Any]]
@@ -126,8 +140,9 @@ class ApiClient:
     async def set_credentials(self, credentials: Credentials) -> None:
         """Use new credentials (a rotated certificate) from the next call on.
 
-        The old channel closes, so open watches end and their informers watch again
-        over a connection that presents the new certificate.
+        The old channel closes, so open watches and calls in flight end with
+        Unavailable and their informers watch again over a connection that presents
+        the new certificate.
         """
         self._credentials = credentials
         await self._drop_channel()
@@ -175,6 +190,10 @@ class ApiClient:
                 return await getattr(self._objects(), method)(
                     request, timeout=timeout or self._timeout
                 )
+            except asyncio.CancelledError:
+                if not _cut_by_channel_close():
+                    raise
+                raise _cut(target) from None
             except grpc.aio.AioRpcError as err:
                 error = error_from_rpc(err, target)
                 if not isinstance(error, errors.Unavailable):
@@ -347,6 +366,10 @@ class ApiClient:
         try:
             async for event in call:
                 yield WatchEvent(event.type, json.loads(event.object))
+        except asyncio.CancelledError:
+            if not _cut_by_channel_close():
+                raise
+            raise _cut(target) from None
         except grpc.aio.AioRpcError as err:
             error = error_from_rpc(err, target)
             if isinstance(error, errors.Unavailable):
