@@ -363,6 +363,42 @@ def _csr(csr: Obj) -> list[tuple[str, Any]]:
     return lines
 
 
+def _role(role: Obj) -> list[tuple[str, Any]]:
+    """The rules as kubectl lays them out: one row per resource of each rule."""
+    rows = [
+        ["Resources", "Non-Resource URLs", "Resource Names", "Verbs"],
+        ["---------", "-----------------", "--------------", "-----"],
+    ]
+    for rule in role.get("rules") or []:
+        if not isinstance(rule, dict):
+            continue
+        names, verbs = _listed(rule.get("resourceNames")), _listed(rule.get("verbs"))
+        groups = [g for g in rule.get("apiGroups") or [] if isinstance(g, str)] or [""]
+        for resource in rule.get("resources") or []:
+            for group in groups:
+                shown = f"{resource}.{group}" if group else resource
+                rows.append([shown, "[]", names, verbs])
+        for url in rule.get("nonResourceURLs") or []:
+            rows.append(["", f"[{url}]", "[]", verbs])
+    return [("PolicyRule", printers.align(rows) if len(rows) > 2 else "<none>")]
+
+
+def _listed(value: Any) -> str:
+    return "[" + " ".join(str(v) for v in value or []) + "]"
+
+
+def _binding(binding: Obj) -> list[tuple[str, Any]]:
+    ref = binding.get("roleRef") or {}
+    rows = [["Kind", "Name", "Namespace"], ["----", "----", "---------"]]
+    for s in binding.get("subjects") or []:
+        if isinstance(s, dict):
+            rows.append([s.get("kind", ""), s.get("name", ""), s.get("namespace", "")])
+    return [
+        ("Role", f"Kind:  {ref.get('kind', '')}\nName:  {ref.get('name', '')}"),
+        ("Subjects", printers.align(rows) if len(rows) > 2 else "<none>"),
+    ]
+
+
 SECTIONS = {
     "Pod": _pod,
     "Deployment": _deployment,
@@ -371,4 +407,8 @@ SECTIONS = {
     "Secret": _secret,
     "ServiceAccount": _serviceaccount,
     "CertificateSigningRequest": _csr,
+    "Role": _role,
+    "ClusterRole": _role,
+    "RoleBinding": _binding,
+    "ClusterRoleBinding": _binding,
 }

@@ -283,6 +283,27 @@ def _csr_row(csr: Obj, wide: bool) -> Row:
     ]
 
 
+def _role_row(role: Obj, wide: bool) -> Row:
+    return [_meta(role)["name"], _meta(role).get("creationTimestamp") or "<none>"]
+
+
+def _subjects(binding: Obj, kind: str) -> str:
+    names = []
+    for s in binding.get("subjects") or []:
+        if isinstance(s, dict) and s.get("kind") == kind:
+            name = s.get("name", "")
+            names.append(f"{s['namespace']}/{name}" if s.get("namespace") else name)
+    return ", ".join(names)
+
+
+def _binding_row(binding: Obj, wide: bool) -> Row:
+    ref = binding.get("roleRef") or {}
+    row = [_meta(binding)["name"], f"{ref.get('kind', '')}/{ref.get('name', '')}", _age(binding)]
+    if wide:
+        row += [_subjects(binding, kind) for kind in ("User", "Group", "ServiceAccount")]
+    return row
+
+
 Printer = tuple[list[str], list[str], Callable[[Obj, bool], Row]]
 TABLES: dict[str, Printer] = {
     "pods": (["NAME", "READY", "STATUS", "RESTARTS", "AGE"], ["IP", "NODE"], _pod_row),
@@ -309,6 +330,18 @@ TABLES: dict[str, Printer] = {
     "events": (["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"], [], _event_row),
     "leases": (["NAME", "HOLDER", "AGE"], [], _lease_row),
     "serviceaccounts": (["NAME", "SECRETS", "AGE"], [], _serviceaccount_row),
+    "roles": (["NAME", "CREATED AT"], [], _role_row),
+    "clusterroles": (["NAME", "CREATED AT"], [], _role_row),
+    "rolebindings": (
+        ["NAME", "ROLE", "AGE"],
+        ["USERS", "GROUPS", "SERVICEACCOUNTS"],
+        _binding_row,
+    ),
+    "clusterrolebindings": (
+        ["NAME", "ROLE", "AGE"],
+        ["USERS", "GROUPS", "SERVICEACCOUNTS"],
+        _binding_row,
+    ),
     "certificatesigningrequests": (
         ["NAME", "AGE", "SIGNERNAME", "REQUESTOR", "REQUESTEDDURATION", "CONDITION"],
         [],
