@@ -39,7 +39,7 @@ from typing import Any, Protocol
 from kubelet import mounts
 from kubelet.envvars import EnvContext, EnvError, expand, field_value, resource_value
 from kubelet.runtime.interface import Mount
-from kubelet.runtime.paths import secure_join
+from kubelet.runtime.paths import ensure_beneath
 from machinery import quantity
 
 EMPTY_DIR = "kubernetes.io~empty-dir"
@@ -203,9 +203,7 @@ class VolumeManager:
             if sub_path:
                 _check_sub_path(sub_path, where)
                 if volume.creates_sub_paths:
-                    target = secure_join(volume.host_path, sub_path)
-                    if not os.path.lexists(target):
-                        os.makedirs(target, mode=0o777, exist_ok=True)
+                    _make_sub_path(volume, sub_path, where)
             out.append(
                 Mount(
                     host_path=volume.host_path,
@@ -349,6 +347,16 @@ def _check_payload_path(path: str) -> None:
 def _check_sub_path(sub_path: str, where: str) -> None:
     if os.path.isabs(sub_path) or ".." in sub_path.split("/"):
         raise VolumeError(f"{where}: subPath {sub_path!r} must be relative without '..'")
+
+
+def _make_sub_path(volume: Volume, sub_path: str, where: str) -> None:
+    """Create a missing subPath directory inside the volume. NB: a container of the Pod may
+    be changing the volume meanwhile (symlinks in an emptyDir); ensure_beneath neither leaves
+    the volume nor follows a component swapped for a symlink after resolution."""
+    try:
+        ensure_beneath(volume.host_path, sub_path, directory=True, mode=0o777)
+    except OSError as err:
+        raise VolumeError(f"{where}: subPath {sub_path!r}: {err.strerror or err}") from None
 
 
 def _current_payload(directory: Path) -> Payload | None:
