@@ -626,20 +626,31 @@ class CertificateManager:
             log.debug("next certificate rotation", kind=kind, at=deadline)
             await self._clock.sleep(deadline - self._clock.now())
             log.info("rotating certificate", kind=kind, expires=self._expiry(kind))
-            await self._retrying(f"{kind} certificate rotation", renew)
+            # A broken bootstrap kubeconfig must not end rotation: it may be fixed in place.
+            await self._retrying(f"{kind} certificate rotation", renew, fatal=())
             self.rotations[kind] += 1
             log.info("rotated certificate", kind=kind, expires=self._expiry(kind))
 
-    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[None]]) -> None:
+    async def _retrying(
+        self,
+        what: str,
+        attempt: Callable[[], Awaitable[None]],
+        *,
+        fatal: tuple[type[Exception], ...] = (CertificateError,),
+    ) -> None:
         """Run attempt until it succeeds: failures are logged and retried with back-off;
-        only a CertificateError (the configuration itself is wrong) stops it."""
+        only a `fatal` one (by default a CertificateError: the configuration itself is
+        wrong, as found at start) stops it."""
         policy: Backoff = self._cfg.certificate_backoff
         delay = policy.initial_s
+        retried = (errors.ApiError, RequestRefused, TimeoutError, pki.PKIError, OSError)
         while True:
             try:
                 await attempt()
                 return
-            except (errors.ApiError, RequestRefused, TimeoutError, pki.PKIError, OSError) as err:
+            except fatal:
+                raise
+            except (*retried, CertificateError) as err:
                 self.last_error = _describe(err)
                 if what == "bootstrap":
                     self.bootstrap_failures += 1

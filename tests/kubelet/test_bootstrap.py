@@ -448,6 +448,48 @@ async def test_a_refused_token_is_retried_without_giving_up(
     assert pki.subject_of(managed.manager.client_pair.cert).user == auth.node_user(node)
 
 
+async def test_a_denied_request_fails_with_its_reason_and_a_new_key_asks_again(
+    apiserver: Any,
+    client: ApiClient,
+    cluster_pki: ClusterPKI,
+    start_signer: Callable[..., Signer],
+    managers: Callable[..., Managed],
+    token: str,
+    tmp_path: Path,
+) -> None:
+    # No approver yet: an administrator denies the first request by hand.
+    node = unique("denied")
+    bootstrap = write_bootstrap_kubeconfig(tmp_path / "etc", cluster_pki, apiserver, token)
+    managed = managers(manager_config(tmp_path, node, bootstrap=bootstrap))
+    starting = managed.spawn(managed.manager.start())
+
+    async def filed() -> bool:
+        return bool((await client.list("certificatesigningrequests")).items)
+
+    await eventually(filed, "the kubelet filed its request")
+    first = (await client.list("certificatesigningrequests")).items[0]
+    status = {
+        "conditions": [
+            {"type": "Denied", "status": "True", "reason": "NotThisNode", "message": "go away"}
+        ]
+    }
+    await client.update_status("certificatesigningrequests", {**first, "status": status})
+
+    async def refused() -> bool:
+        return "NotThisNode: go away" in managed.manager.last_error
+
+    await eventually(refused, "the denial reached the kubelet with its reason")
+    assert not starting.done()
+
+    # The next attempt files a request for a new key, which the approver then takes.
+    start_signer()
+    await asyncio.wait_for(starting, 90)
+    names = {c["metadata"]["name"] for c in (await client.list("certificatesigningrequests")).items}
+    # The denied request stays; beside it the second client request and the serving one.
+    assert first["metadata"]["name"] in names and len(names) == 3
+    assert pki.subject_of(managed.manager.client_pair.cert).user == auth.node_user(node)
+
+
 # -- rotation ------------------------------------------------------------------------------------
 
 
