@@ -356,12 +356,19 @@ def _add(lib: Any, flt: Any, rule: Refusal) -> None:
 
 
 def _companion_arches(lib: Any) -> list[Any]:
-    native = lib.system_arch()
-    if native == lib.Arch.X86_64:
+    # NB: system_arch() answers the audit token unsigned (0xc000003e), Arch.X86_64 holds it
+    # as a signed int: compared as they come they never match, the companions were left out,
+    # and every 32-bit call then met the filter's bad-architecture action (kill).
+    native = _u32(lib.system_arch())
+    if native == _u32(lib.Arch.X86_64):
         return [lib.Arch.X86, lib.Arch.X32]
-    if native == lib.Arch.AARCH64:
+    if native == _u32(lib.Arch.AARCH64):
         return [lib.Arch.ARM]
     return []
+
+
+def _u32(token: int) -> int:
+    return token & 0xFFFFFFFF
 
 
 def _oci_arches() -> list[str]:
