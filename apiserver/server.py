@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from apiserver import encryption, podsecurity
 from apiserver.auth import Authenticator, Authorizer, Gate, TokenAuthenticator
+from apiserver.authz.escalation import EscalationCheck
 from apiserver.garbagecollector import GarbageCollector
 from apiserver.registry import SYSTEM_NAMESPACES, Registry
 from apiserver.service import SERVICE_NAME, ObjectService
@@ -120,8 +121,15 @@ class ApiServer:
         self.gate: Gate | None = None
         if config.tls is not None:
             self.gate = Gate(Authenticator(self._token_authenticators()), self._authorizers())
+        escalation = None
+        if self.gate is not None:
+            escalation = EscalationCheck(self.gate.authorize, self.caches, key_of=self._key_of)
         self._service = ObjectService(
-            self.registry, self.caches, bookmark_interval=config.bookmark_interval, gate=self.gate
+            self.registry,
+            self.caches,
+            bookmark_interval=config.bookmark_interval,
+            gate=self.gate,
+            escalation=escalation,
         )
         self._streams = StreamService(
             self.registry, credentials=_kubelet_credentials(config.tls), gate=self.gate

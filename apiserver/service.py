@@ -23,7 +23,8 @@ import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from apiserver.auth import Gate
-from apiserver.registry import MAX_OBJECT_BYTES, Registry
+from apiserver.authz.escalation import RBAC_GROUP, EscalationCheck
+from apiserver.registry import MAX_OBJECT_BYTES, Registry, merge_patch
 from apiserver.watchcache import WatchCache, WatchFilter
 from machinery import errors, kinds
 from machinery.api import api_pb2
@@ -94,13 +95,19 @@ class ObjectService:
         *,
         bookmark_interval: float = 30.0,
         gate: Gate | None = None,
+        escalation: EscalationCheck | None = None,
     ) -> None:
         self._registry = registry
+        self._escalation = escalation
         self._caches = caches
         self._bookmark_interval = bookmark_interval
         # None only for a server embedded in a trusted process (some tests); every
         # server started from the command line has one.
         self._gate = gate
+
+    def _check_escalation(self, user: UserInfo | None, kind: Kind, obj: Any) -> None:
+        if user is not None and self._escalation is not None and kind.group == RBAC_GROUP:
+            self._escalation.check(user, obj)
 
     def admit(
         self,
@@ -199,6 +206,7 @@ class ObjectService:
             )
             if user is not None and kind.kind == "CertificateSigningRequest":
                 _stamp_requester(body, user)
+            self._check_escalation(user, kind, body)
             obj = await self._registry.create(
                 kind, request.namespace, body, dry_run=request.dry_run
             )
@@ -239,12 +247,14 @@ class ObjectService:
     ) -> Any:
         async def call(kind: Kind) -> api_pb2.ObjectResponse:
             namespace = _namespace(kind, request.namespace)
-            self.admit(context, "update", kind, namespace=namespace, name=request.name)
+            user = self.admit(context, "update", kind, namespace=namespace, name=request.name)
+            body = _body(request.object, kind)
+            self._check_escalation(user, kind, body)
             obj = await self._registry.update(
                 kind,
                 namespace,
                 request.name,
-                _body(request.object, kind),
+                body,
                 dry_run=request.dry_run,
             )
             return _response(obj)
@@ -273,7 +283,7 @@ class ObjectService:
 
     async def Patch(self, request: api_pb2.PatchRequest, context: grpc.aio.ServicerContext) -> Any:
         async def call(kind: Kind) -> api_pb2.ObjectResponse:
-            self.admit(
+            user = self.admit(
                 context,
                 "patch",
                 kind,
@@ -286,6 +296,12 @@ class ObjectService:
                     f'unsupported patch type "{request.patch_type}": only "merge" is supported'
                 )
             patch = _json(request.patch, "patch")
+            if user is not None and self._escalation is not None and kind.group == RBAC_GROUP:
+                # Judged on the object as the patch would leave it.
+                current = await self._registry.get(
+                    kind, _namespace(kind, request.namespace), request.name
+                )
+                self._check_escalation(user, kind, merge_patch(current, patch))
             obj = await self._registry.patch(
                 kind,
                 _namespace(kind, request.namespace),
