@@ -3,8 +3,8 @@
 #
 #   deploy/down.sh [--name NAME] [--purge]
 #
-# --purge also deletes the cluster's state (etcd data, logs) and its client
-# config context.
+# --purge also deletes the cluster's state (etcd data, logs, its CA and every
+# certificate and join token) and its client config context.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

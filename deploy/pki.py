@@ -34,7 +34,6 @@ import datetime
 import ipaddress
 import pathlib
 import secrets
-import shutil
 import string
 from collections.abc import Sequence
 
@@ -386,9 +385,3 @@ def bootstrap_token_secret(token: JoinToken, *, description: str) -> dict:
         "type": TOKEN_TYPE,
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
     }
-
-
-def copy_ca_files(source: pathlib.Path, destination: pathlib.Path) -> None:
-    """Copy ca.crt (and nothing secret) for an agent; the key stays on the servers."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, destination)

@@ -4,9 +4,11 @@
 #   deploy/up.sh [--nodes N] [--name NAME] [--demo]
 #                [--node-grace-period S] [--pod-eviction-timeout S]
 #
-# Installs what is missing (Debian packages, the project into .venv), starts
-# the cluster's components under a supervisor, waits until they answer, and
-# writes the client config so that .venv/bin/kctl works with no flags.
+# Installs what is missing (Debian packages, the project into .venv), creates
+# the cluster's CA and certificates (once), starts the cluster's components
+# under a supervisor, each with its own certificate, nodes joining with a
+# bootstrap token, waits until they answer, and writes the client config (the
+# admin's) so that .venv/bin/kctl works with no flags.
 # Running it again on a running cluster reports it.
 set -euo pipefail
 
@@ -17,7 +19,7 @@ DEMO=0
 EXTRA=()
 
 usage() {
-  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 while [ $# -gt 0 ]; do

@@ -4,7 +4,10 @@ One cluster is brought up for the module (unique name, private state root and
 client config) and taken down at the end with deploy/down.sh, which must leave
 nothing behind. The steps follow what a user does: run, expose, reach the
 page by ClusterIP, DNS name and NodePort, scale, apply a Kubernetes manifest,
-roll out under load, lose a node, kill components.
+roll out under load, lose a node, kill components; then who may talk to it:
+no credential, a certificate from another CA and an unknown token are
+refused, a revoked join token joins no node, and a Pod cannot call its
+kubelet's endpoint.
 """
 
 from __future__ import annotations
@@ -416,3 +419,173 @@ def test_6_killing_components_during_a_scale_up_loses_nothing(cluster: Cluster) 
             )
             assert restarts == restarts_before[uid], f"{p['metadata']['name']} restarted"
     assert cluster.json("-n", "shop", "get", "cm", "web-config")["data"] == {"GREETING": "hello"}
+
+
+# -- who may talk to the cluster -----------------------------------------------------------
+
+
+def write_config(path: pathlib.Path, cluster: dict, user: dict | None) -> pathlib.Path:
+    import yaml
+
+    document = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "probe",
+        "clusters": [{"name": "probe", "cluster": cluster}],
+        "contexts": [
+            {"name": "probe", "context": {"cluster": "probe", **({"user": "u"} if user else {})}}
+        ],
+        "users": [{"name": "u", "user": user}] if user else [],
+    }
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def kctl_as(c: Cluster, config_path: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(ROOT / ".venv/bin/kctl"), *args],
+        cwd=ROOT,
+        env={**c.env, "KUBELITE_CONFIG": str(config_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "refusal"),
+    [
+        pytest.param("plaintext", "unreachable", id="no-tls-no-credential"),
+        pytest.param("no-certificate", "unreachable", id="tls-without-client-certificate"),
+        pytest.param("other-ca", "unreachable", id="certificate-from-another-ca"),
+        pytest.param("bad-token", "Unauthorized", id="unknown-bearer-token"),
+    ],
+)
+def test_7_clients_without_a_valid_credential_are_refused(
+    cluster: Cluster, tmp_path: pathlib.Path, case: str, refusal: str
+) -> None:
+    from machinery import pki
+
+    ports = cluster.layout["ports"]
+    ca = str(cluster.state / "pki" / "ca.crt")
+    mtls = [f"127.0.0.1:{ports['apiserver']}"]
+    tokens = [f"127.0.0.1:{ports['apiserver_token']}"]
+    stranger = pki.issue(
+        pki.new_ca("another-ca"), pki.Subject("kubernetes-admin", ("system:masters",))
+    )
+    cert, key = stranger.write(tmp_path, "stranger")
+    clusters = {
+        "plaintext": ({"servers": mtls}, None),
+        # A token user with no token-servers would not even dial: dial the mTLS port as one.
+        "no-certificate": (
+            {"servers": mtls, "token-servers": mtls, "certificate-authority": ca},
+            {"token": "abcdef.0123456789abcdef"},
+        ),
+        "other-ca": (
+            {"servers": mtls, "certificate-authority": ca},
+            {"client-certificate": str(cert), "client-key": str(key)},
+        ),
+        "bad-token": (
+            {"servers": mtls, "token-servers": tokens, "certificate-authority": ca},
+            {"token": "abcdef.0123456789abcdef"},
+        ),
+    }
+    body, user = clusters[case]
+    result = kctl_as(cluster, write_config(tmp_path / "config", body, user), "get", "pods")
+    assert result.returncode != 0 and refusal in result.stderr, result.stdout + result.stderr
+    # The admin's own context still works, on both counts.
+    assert "NAME" in cluster.kctl("get", "nodes")
+
+
+def test_8_a_revoked_join_token_cannot_join_a_new_node(
+    cluster: Cluster, tmp_path: pathlib.Path
+) -> None:
+    import asyncio
+
+    from deploy import hostnet, layout
+    from machinery import config, errors
+    from machinery.client import ApiClient
+
+    bootstrap = layout.bootstrap_kubeconfig(cluster.state, "node-1")
+    ctx = config.load_context(bootstrap)
+    token = ctx.credentials.token
+    token_id = token.split(".")[0]
+
+    async def as_bootstrapper():
+        async with ApiClient(ctx.servers, timeout=10, credentials=ctx.credentials) as api:
+            return await api.get("certificatesigningrequests", "no-such-request")
+
+    # While the token is valid the server knows who asks (a missing CSR, not a refusal).
+    with pytest.raises(errors.NotFound):
+        asyncio.run(as_bootstrapper())
+    assert f'bootstrap token "{token_id}" deleted' in cluster.kctl("token", "delete", token_id)
+    with pytest.raises(errors.Unauthenticated):
+        asyncio.run(as_bootstrapper())
+
+    # A new machine with the revoked token: its kubelet is refused and never registers.
+    index = 9
+    net = layout.cluster_net(cluster.layout)
+    hostnet.ensure_node(net, index)
+    node = layout.node_name(index)
+    node_state = layout.node_state(cluster.state, node)
+    node_state.mkdir(parents=True)
+    layout.bootstrap_kubeconfig(cluster.state, node).write_bytes(bootstrap.read_bytes())
+    kubelet = layout.node_components(cluster.state, cluster.layout, index)[0]
+    log_path = tmp_path / "kubelet.log"
+    with open(log_path, "wb") as out:
+        process = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{kubelet.netns}", "--", *kubelet.argv],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        eventually(
+            lambda: "Unauthenticated" in log_path.read_text(errors="replace"),
+            timeout=60,
+            what="the kubelet refused with the revoked token",
+        )
+        assert not (node_state / "kubelet.conf").exists()
+        assert node not in cluster.kctl("get", "nodes", "-o", "name")
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:  # still bootstrapping: it is ours, by PID
+            process.kill()
+            process.wait()
+        hostnet.delete_node(net, index)
+
+    # The bring-up does not bring the revoked token back: it makes a new one.
+    again = subprocess.run(
+        [str(ROOT / "deploy/up.sh"), "--nodes", "3", "--name", cluster.name],
+        cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "was revoked" in again.stdout
+    listed = cluster.kctl("token", "list")
+    assert token_id not in listed
+    fresh = config.load_context(bootstrap).credentials.token
+    assert fresh != token and fresh.split(".")[0] in listed
+
+
+def test_9_a_pod_cannot_reach_the_kubelet_endpoint(cluster: Cluster) -> None:
+    client = running_pods(cluster, "app=client")[0]["metadata"]["name"]
+    kubelet = f"{cluster.node_ip(1)}:10250"
+
+    def in_pod(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(ROOT / ".venv/bin/kctl"), "exec", client, "--", *argv],
+            cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    # The port is open to the Pod (TCP connects)...
+    reach = in_pod("sh", "-c", f"echo | timeout 5 nc {kubelet.replace(':', ' ')}")
+    assert reach.returncode == 0, reach.stdout + reach.stderr
+    # ...but without the API server's client certificate the TLS handshake is refused.
+    # (No -T: this busybox's wget crashes on it.)
+    fetch = in_pod("timeout", "5", "wget", "-q", "-O", "-", f"https://{kubelet}/")
+    assert fetch.returncode != 0, fetch.stdout
+    assert "TLS" in fetch.stderr and "error getting response" in fetch.stderr, fetch.stderr
+    # The API server, which holds that certificate, still reaches it: exec goes through it.
+    assert in_pod("echo", "through-the-api-server").stdout.strip() == "through-the-api-server"

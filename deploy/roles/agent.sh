@@ -2,10 +2,12 @@
 # Install a kubelite agent on this machine, as root on Debian: the packages and
 # the project into .venv first (deploy/install.sh), then the agent's systemd units.
 #
-#   deploy/roles/agent.sh --servers IP1,IP2,IP3 --token T [--iface NAME | --node-ip IP]
-#                         [--node-name NAME] [--registry HOST:PORT] [--no-enable]
+#   deploy/roles/agent.sh --servers IP1,IP2,IP3 --token T --ca-file CA.crt
+#                         [--iface NAME | --node-ip IP] [--node-name NAME]
+#                         [--registry HOST:PORT] [--no-enable]
 #
-# Runs the kubelet and the proxy, which fail over between the servers.
+# Runs the kubelet and the proxy, which fail over between the servers. The kubelet
+# joins with the token (once) and the cluster CA the first server printed.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)

@@ -2,11 +2,14 @@
 # Install a kubelite server on this machine, as root on Debian: the packages and
 # the project into .venv first (deploy/install.sh), then the server's systemd units.
 #
-#   deploy/roles/server.sh [--iface NAME | --node-ip IP] [--servers IP1,IP2,IP3] [--token T]
-#                          [--registry] [--state-dir DIR] [--unit-dir DIR] [--no-enable]
+#   deploy/roles/server.sh [--iface NAME | --node-ip IP] [--servers IP1,IP2,IP3]
+#                          [--token T --ca-dir DIR] [--registry] [--state-dir DIR]
+#                          [--unit-dir DIR] [--no-enable]
 #
-# One server: no --servers. Three: run it on each, with the same --servers list;
-# the first prints a join token, give it to the other two and to every agent.
+# One server: no --servers. Three: run it on each, with the same --servers list.
+# The first of the list creates the cluster CA and the etcd CA and prints a join
+# token; give the other two the token and a copy of its CA files (--ca-dir), and
+# every agent the token and its ca.crt.
 # Runs etcd, the API server, the controller manager, the scheduler and DNS.
 set -euo pipefail
 
