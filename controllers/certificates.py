@@ -24,7 +24,11 @@ its signer's rules first (an administrator may approve anything), and a
 request it cannot sign gets a Failed condition saying why. Requests for other
 signers are someone else's and are left alone.
 
-Invariants: both write only through the status subresource, pinned to the
+The cleaner (CSRCleaner) deletes a request an hour after it was decided
+(issued, denied or failed), a day after it was made if nobody decides, or as
+soon as its certificate has expired, so a year of rotations leaves no trail.
+
+Invariants: the approver and the signer write only through the status subresource, pinned to the
 resourceVersion they read, so a second worker or a lagging informer can never
 approve or sign twice; a request with a Denied or Failed condition, or a
 certificate, is final.
@@ -44,7 +48,7 @@ from cryptography import x509
 from controllers.base import QueueController
 from machinery import auth, errors, pki
 from machinery.client import ApiClient
-from machinery.clock import Clock, rfc3339
+from machinery.clock import Clock, parse_rfc3339, rfc3339
 from machinery.events import NORMAL, WARNING, EventRecorder
 from machinery.informer import Handlers, InformerFactory
 from machinery.log import Logger
@@ -422,3 +426,77 @@ def load_ca(cert_file: str, key_file: str) -> pki.KeyPair:
     if not pki.signed_by(issued, cert):
         raise ValueError(f"{key_file} is not the key of the certificate {cert_file}")
     return ca
+
+
+# -- the cleaner ----------------------------------------------------------------------------------
+
+# How long a finished or abandoned request is kept, as kube-controller-manager keeps them.
+ISSUED_TTL = 3600.0
+DENIED_TTL = 3600.0
+PENDING_TTL = 24 * 3600.0
+
+
+def _stamp(text: Any) -> float | None:
+    try:
+        return parse_rfc3339(text) if isinstance(text, str) and text else None
+    except ValueError:
+        return None
+
+
+def expires_at(csr: Obj) -> float | None:
+    """When the cleaner deletes csr: an hour after it was decided (issued, denied,
+    failed), a day after it was made if nobody decides, or when its certificate
+    expires, whichever is first; None if its times cannot be read."""
+    found = conditions(csr)
+    created = _stamp((csr.get("metadata") or {}).get("creationTimestamp"))
+    if created is None:
+        return None
+    deadline = created + PENDING_TTL
+    decided = [
+        _stamp(c.get("lastUpdateTime")) or created
+        for t, c in found.items()
+        if t in ("Denied", "Failed")
+        or (t == "Approved" and (csr.get("status") or {}).get("certificate"))
+    ]
+    if decided:
+        deadline = min(
+            deadline, max(decided) + (DENIED_TTL if "Approved" not in found else ISSUED_TTL)
+        )
+    certificate = (csr.get("status") or {}).get("certificate")
+    if isinstance(certificate, str) and certificate:
+        try:
+            not_after = pki.validity(base64.b64decode(certificate))[1].timestamp()
+            deadline = min(deadline, not_after)
+        except (ValueError, binascii.Error, pki.PKIError):
+            pass
+    return deadline
+
+
+class CSRCleaner(_CSRController):
+    """Deletes CertificateSigningRequests once nobody needs them, so every rotation of
+    every node does not leave one more object behind for good."""
+
+    name = "csrcleaner"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("workers", 1)
+        super().__init__(*args, **kwargs)
+
+    async def sync(self, key: str) -> None:
+        csr = self.csrs.get_by_key(key)
+        if csr is None:
+            return
+        deadline = expires_at(csr)
+        if deadline is None:
+            return
+        remaining = deadline - self.clock.now()
+        if remaining > 0:
+            self.queue.add_after(key, remaining)
+            return
+        try:
+            await self.client.delete(
+                "certificatesigningrequests", key, uid=(csr.get("metadata") or {}).get("uid", "")
+            )
+        except (errors.NotFound, errors.Conflict):
+            return
+        self.log.info("deleted certificate signing request", csr=key)

@@ -122,6 +122,12 @@ def _csrsigning(client, factory, recorder, clock, s) -> QueueController | None: 
     )
 
 
+def _csrcleaner(client, factory, recorder, clock, s) -> QueueController:  # type: ignore[no-untyped-def]
+    from controllers.certificates import CSRCleaner
+
+    return CSRCleaner(client, factory, recorder, clock=clock)
+
+
 def _tokencleaner(client, factory, recorder, clock, s) -> QueueController:  # type: ignore[no-untyped-def]
     from controllers.tokens import TokenCleaner
 
@@ -156,6 +162,7 @@ CONTROLLERS: dict[str, Factory] = {
     "namespace": _namespace,
     "csrapproving": _csrapproving,
     "csrsigning": _csrsigning,
+    "csrcleaner": _csrcleaner,
     "tokencleaner": _tokencleaner,
     "serviceaccount-token": _serviceaccount_token,
     "serviceaccount": _serviceaccount,
