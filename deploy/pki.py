@@ -233,13 +233,6 @@ def ensure_control_plane(
     return [made, *(ensure_pair(directory, name, want, ca) for name, want in wants.items())]
 
 
-def ensure_node(directory: pathlib.Path, node: str) -> Issued:
-    """A node's client certificate issued by the bring-up itself (no bootstrap token)."""
-    return ensure_pair(
-        directory, f"node-{node}", Want(node_subject(node)), KeyPair.read(directory, CA)
-    )
-
-
 def ensure_etcd(
     directory: pathlib.Path, *, cluster: str, member: str, addresses: Sequence[str]
 ) -> list[Issued]:
