@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from apiserver.watchcache import WatchCache
-from machinery import errors
+from machinery import auth, errors
 from machinery.auth import Attributes, Decision, UserInfo
 
 RBAC_GROUP = "rbac.authorization.k8s.io"
@@ -44,9 +44,9 @@ class EscalationCheck:
 
     def check(self, user: UserInfo, obj: Any) -> None:
         """Forbidden if writing obj (a role or binding) would grant user more than it has."""
-        if not isinstance(obj, dict):
+        if not isinstance(obj, dict) or auth.MASTERS in user.groups:
             return
-        kind = obj.get("kind")
+        kind = obj.get("kind") if isinstance(obj.get("kind"), str) else ""
         meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
         namespace = str(meta.get("namespace") or "") if kind in ("Role", "RoleBinding") else ""
         name = str(meta.get("name") or "")
@@ -59,7 +59,11 @@ class EscalationCheck:
         elif kind in BINDING_KINDS:
             ref = obj.get("roleRef") if isinstance(obj.get("roleRef"), dict) else {}
             ref_kind, ref_name = ref.get("kind"), ref.get("name")
-            if ref_kind not in ROLE_KINDS or not isinstance(ref_name, str):
+            if (
+                not isinstance(ref_kind, str)
+                or ref_kind not in ROLE_KINDS
+                or not isinstance(ref_name, str)
+            ):
                 return  # validation answers a malformed roleRef with Invalid
             ref_resource = ROLE_KINDS[ref_kind]
             ref_namespace = namespace if ref_kind == "Role" else ""

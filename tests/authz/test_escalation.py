@@ -133,3 +133,24 @@ async def test_namespaced_grants_do_not_cover_a_clusterrole(
     await settled(made)
     with pytest.raises(errors.Forbidden, match="get pods at cluster scope"):
         await lead.create("clusterroles", role("pods-everywhere", [rule(["get"], ["pods"])]))
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"kind": ["Role"]},
+        {"kind": "Role", "metadata": [], "rules": "all"},
+        {"kind": "Role", "rules": [{"verbs": "get", "resources": [1, None]}, 7]},
+        {"kind": "RoleBinding", "roleRef": "cluster-admin"},
+        {"kind": "ClusterRoleBinding", "roleRef": {"kind": ["ClusterRole"], "name": 3}},
+        [],
+    ],
+    ids=["kind-list", "metadata-list", "odd-rules", "roleref-string", "roleref-odd", "not-object"],
+)
+def test_malformed_objects_are_left_to_validation(obj: Any) -> None:
+    """The check runs before validation: a malformed object passes it to get Invalid there."""
+    from apiserver.authz.escalation import EscalationCheck
+    from machinery.auth import Decision, UserInfo
+
+    check = EscalationCheck(lambda user, attrs: Decision(False), {}, key_of=lambda *a: "")
+    check.check(UserInfo("someone"), obj)
