@@ -304,7 +304,9 @@ def _allocate_many(directory: str, tag: str, count: int, start: Any) -> None:
 
 
 def test_concurrent_processes_never_get_the_same_address(tmp_path: Path) -> None:
-    ctx = multiprocessing.get_context("fork")
+    # Spawned, not forked: a fork inherits the gRPC state earlier tests in this process
+    # left behind, and a forked child that collects it can spin forever.
+    ctx = multiprocessing.get_context("spawn")
     start = ctx.Event()
     workers = [
         ctx.Process(target=_allocate_many, args=(str(tmp_path), f"p{n}", 150, start))
