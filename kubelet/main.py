@@ -317,9 +317,29 @@ async def serve(config: KubeletConfig, args: argparse.Namespace | None = None) -
         network = bridge_network(args, config, lambda: holder["kubelet"].node.pod_cidrs)
     kubelet = Kubelet(config, network=network)  # type: ignore[arg-type]
     holder["kubelet"] = kubelet
+    if config.metrics_port:
+        start_http_server(config.metrics_port, registry=kubelet.metrics.registry)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    # Starting may wait long (a node certificate nobody has approved yet): a stop
+    # request must not have to wait for it.
+    starting = asyncio.create_task(kubelet.start(), name="kubelet-start")
+    stop_requested = asyncio.create_task(stopping.wait(), name="kubelet-stop")
+    await asyncio.wait({starting, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        log.info("stopping kubelet before it finished starting")
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await kubelet.stop()
+        return
+    stop_requested.cancel()
+    starting.result()  # a start that failed ends the kubelet with its error
     routes: asyncio.Task[None] | None = None
     if network is not None:
-        # Routes to every other node's Pod range, kept in step with the Node objects.
+        # Routes to every other node's Pod range, kept in step with the Node objects;
+        # started once the kubelet holds its node identity, which the informer uses.
         from kubelet.podnet import RouteController, RouteSyncer
         from machinery.informer import Informer
 
@@ -327,13 +347,6 @@ async def serve(config: KubeletConfig, args: argparse.Namespace | None = None) -
         routes_controller = RouteController(nodes, RouteSyncer(node_name=config.node_name))
         nodes.start()
         routes = asyncio.create_task(routes_controller.run(), name="pod-routes")
-    if config.metrics_port:
-        start_http_server(config.metrics_port, registry=kubelet.metrics.registry)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
-    await kubelet.start()
     await stopping.wait()
     log.info("stopping kubelet; containers keep running")
     if routes is not None:

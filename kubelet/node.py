@@ -20,6 +20,7 @@ Both loops survive a lost API server: they retry until it is back.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import platform
@@ -287,6 +288,10 @@ class NodeAgent:
         self._last_write_at = 0.0
         self._lease: dict[str, Any] | None = None
         self.lease_renewals = 0
+        # Set when something the Ready condition depends on may have changed (a pod
+        # CIDR assigned): the status loop writes at once instead of at its next tick,
+        # so a new node turns Ready as soon as it can run Pods.
+        self._recheck = asyncio.Event()
 
     @property
     def name(self) -> str:
@@ -306,6 +311,8 @@ class NodeAgent:
         """The Node as the API holds it (from the kubelet's informer on itself)."""
         spec = node.get("spec") or {}
         cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+        if tuple(cidrs) != self.pod_cidrs:
+            self._recheck.set()
         self.pod_cidrs = tuple(cidrs)
         self.uid = node.get("metadata", {}).get("uid", self.uid)
 
@@ -424,9 +431,20 @@ class NodeAgent:
         self._last_write_at = now
         return True
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep for seconds, or less if a recheck is asked for meanwhile."""
+        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
+        recheck = asyncio.ensure_future(self._recheck.wait())
+        try:
+            await asyncio.wait({sleeper, recheck}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            recheck.cancel()
+        self._recheck.clear()
+
     async def run_status(self) -> None:
         while True:
-            await self._clock.sleep(self._config.status_update_interval_s)
+            await self._pause(self._config.status_update_interval_s)
             try:
                 await self.update_status()
             except errors.NotFound:
