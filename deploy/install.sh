@@ -60,6 +60,9 @@ kubelite_install_venv() {
     "$venv/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
     "$venv/bin/pip" install -q -e "$KUBELITE_ROOT${extras:+[$extras]}" 2>&1 | grep -v '^WARNING: Location' || true
     "$venv/bin/python" -c 'import machinery, apiserver, cli' || { echo "kubelite: install failed" >&2; return 1; }
+    # Compile the API's schema checkers now, as pip compiles bytecode, rather than in
+    # the first request of each kind a new API server answers.
+    "$venv/bin/python" -c 'from machinery import validation; validation.warm_cache()' || true
     touch "$stamp"
   fi
 }

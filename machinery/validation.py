@@ -25,6 +25,15 @@ call of the compiled function; only an invalid one pays for jsonschema's
 walk, which lists every failure rather than the first. Both read the same
 schema, and tests check that they agree.
 
+Compiling is not free: the generated checker of a Pod-bearing kind is a couple
+of megabytes of Python, whose compilation takes about half a second, paid by
+the first request of that kind in every new process (a freshly started API
+server answered its first Deployment, ReplicaSet and Pod each half a second
+late). So the compiled checker is kept on disk, keyed by a hash of the schema,
+the generator's version and the interpreter's (see _checker); later processes
+load it in milliseconds. The cache directory is the owner's alone, and a file
+in it that is not the owner's is never loaded.
+
 Invariants of the result: every failing field is reported; no two causes are
 equal; a field already rejected by the schema (or one inside it) gets no second
 cause from the Python layer; causes are ordered by field path (list indexes numerically) so
@@ -38,9 +47,13 @@ import binascii
 import copy
 import datetime
 import functools
+import hashlib
 import ipaddress
 import json
+import marshal
+import os
 import re
+import sys
 from collections.abc import Callable, Iterable
 from fractions import Fraction
 from pathlib import Path
@@ -233,17 +246,77 @@ def _inline(node: Any, doc: _Obj) -> Any:
     return {k: _inline(v, doc) for k, v in node.items() if k not in skip}
 
 
+def cache_dir() -> Path:
+    """Where compiled checkers are kept: $KUBELITE_CACHE_DIR, else the user's cache."""
+    env = os.environ.get("KUBELITE_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kubelite" / "schemas"
+
+
+def _checker(resource: str, schema: _Obj) -> Callable[[Any], Any]:
+    """fastjsonschema's checker for schema, compiled once per machine, not per process."""
+    key = hashlib.sha256(
+        "\0".join(
+            (
+                json.dumps(schema, sort_keys=True),
+                fastjsonschema.VERSION,
+                sys.implementation.cache_tag or "",
+            )
+        ).encode()
+    ).hexdigest()[:20]
+    path = cache_dir() / f"{resource}-{key}.marshal"
+    code = _load_code(path)
+    if code is None:
+        source = fastjsonschema.compile_to_code(copy.deepcopy(schema))
+        code = compile(source, f"<schema of {resource}>", "exec")
+        _store_code(path, code)
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)  # noqa: S102 - our own generated checker
+    return namespace["validate"]  # type: ignore[no-any-return]
+
+
+def _load_code(path: Path) -> Any:
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_uid != os.geteuid():
+                return None  # someone else's file: never run it
+            return marshal.loads(f.read())
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+
+
+def _store_code(path: Path, code: Any) -> None:
+    """Best effort: a cache that cannot be written (read-only home) only costs time."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "wb") as f:
+            f.write(marshal.dumps(code))
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
 class _CompiledSchema:
     def __init__(self, resource: str) -> None:
         doc = _documents()[f"{resource}.json"]
         schema = _inline(doc, doc)
-        self.is_valid: Callable[[Any], Any] = fastjsonschema.compile(copy.deepcopy(schema))
+        self.is_valid: Callable[[Any], Any] = _checker(resource, schema)
         self.explainer = jsonschema.Draft202012Validator(schema)
 
 
 @functools.cache
 def _compiled(resource: str) -> _CompiledSchema:
     return _CompiledSchema(resource)
+
+
+def warm_cache() -> None:
+    """Compile every kind's checker into the on-disk cache (done at install)."""
+    for kind in kinds.KINDS:
+        _compiled(kind.resource)
 
 
 def _schema_causes(kind: kinds.Kind, obj: _Obj) -> list[Cause]:
