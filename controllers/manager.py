@@ -291,6 +291,7 @@ async def run(args: argparse.Namespace) -> int:
     except connection.ConnectionConfigError as err:
         log.error("cannot connect", err=err)
         return 2
+    connection.follow_in_background(client, args)  # a replaced certificate is picked up
     settings = Settings(
         workers=args.workers,
         node_monitor_grace_period=args.node_monitor_grace_period,

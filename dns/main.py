@@ -70,6 +70,7 @@ async def run(args: argparse.Namespace) -> int:
     except connection.ConnectionConfigError as err:
         log.error("cannot connect", err=err)
         return 2
+    connection.follow_in_background(client, args)  # a replaced certificate is picked up
     factory = InformerFactory(client)
     factory.informer("services").add_handlers(
         Handlers(

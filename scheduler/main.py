@@ -44,6 +44,7 @@ async def run(args: argparse.Namespace) -> int:
     except connection.ConnectionConfigError as err:
         log.error("cannot connect", err=err)
         return 2
+    connection.follow_in_background(client, args)  # a replaced certificate is picked up
     scheduler = Scheduler(
         client,
         scheduler_name=args.scheduler_name,
