@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import shutil
 import time
 from typing import Any
@@ -140,6 +141,11 @@ class Kubelet:
             if config.secure
             else None
         )
+        if self.certificates is not None:
+            for kind in ("client", "server"):
+                self.metrics.certificate_expiration.labels(kind).set_function(
+                    functools.partial(self.certificates.expires_at, kind)
+                )
         self._owns_runtime = runtime is None
         self.runtime = AsyncRuntime(
             runtime or new_runtime(config), self.metrics, threads=config.runtime_threads

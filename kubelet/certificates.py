@@ -611,6 +611,11 @@ class CertificateManager:
     def _expiry(self, kind: str) -> str:
         return pki.validity(self._held(kind).pair.cert)[1].isoformat()
 
+    def expires_at(self, kind: str) -> float:
+        """When the client or server certificate held now expires; 0 if none is held."""
+        held = self._client_cert if kind == "client" else self._serving_cert
+        return pki.validity(held.pair.cert)[1].timestamp() if held is not None else 0.0
+
     def _expired(self, kind: str) -> bool:
         return self._clock.now() >= pki.validity(self._held(kind).pair.cert)[1].timestamp()
 

@@ -34,6 +34,14 @@ class KubeletMetrics:
             buckets=_START_BUCKETS,
             registry=r,
         )
+        self.certificate_expiration = Gauge(
+            "kubelite_kubelet_certificate_expiration_timestamp_seconds",
+            "When the kubelet's client and server certificates expire (Unix time; 0 while it "
+            "holds none). Alert well before: rotation normally replaces them at 70-90% of "
+            "their lifetime.",
+            ["certificate"],
+            registry=r,
+        )
         self.running_pods = Gauge(
             "kubelite_kubelet_running_pods", "Pods with a ready sandbox on this node.", registry=r
         )

@@ -580,6 +580,12 @@ async def test_kubelet_joins_with_a_token_and_works_through_rotation(
 
     await eventually(rotated, "the kubelet renewed its client certificate", timeout=120)
     assert _serial(kubelet.certificates.client_pair.cert) != _serial(first.cert)
+    for certificate in ("client", "server"):
+        exposed = kubelet.metrics.registry.get_sample_value(
+            "kubelite_kubelet_certificate_expiration_timestamp_seconds",
+            {"certificate": certificate},
+        )
+        assert exposed == kubelet.certificates.expires_at(certificate) > time.time()
     after = time.time()
 
     async def lease_renewed() -> bool:
