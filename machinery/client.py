@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import json
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -150,6 +151,9 @@ class ApiClient:
     def _objects(self) -> api_pb2_grpc.ObjectsStub:
         if self._stub is None:
             if self._credentials is not None:
+                problem = self._credentials.certificate_problem(time.time())
+                if problem:
+                    raise errors.Unauthenticated(f"{problem}: get a new one")
                 self._channel = grpc.aio.secure_channel(
                     self.server, self._credentials.channel_credentials(), _CHANNEL_OPTIONS
                 )

@@ -31,6 +31,30 @@ class Credentials:
             )
         return tls
 
+    def certificate_problem(self, now: float) -> str:
+        """Why the server would refuse the client certificate for its dates, or "".
+
+        The server refuses such a certificate in the TLS handshake, which the client
+        sees only as a closed connection; saying it here names the real cause.
+        """
+        if not self.cert:
+            return ""
+        from machinery import pki  # cryptography is slow to import; kctl rarely needs it
+
+        try:
+            subject = pki.subject_of(self.cert)
+            start, end = pki.validity(self.cert)
+        except pki.PKIError as err:
+            return f"the client certificate cannot be read: {err}"
+        if now >= end.timestamp():
+            return f'the client certificate of "{subject.user}" expired at {end.isoformat()}'
+        if now < start.timestamp():
+            return (
+                f'the client certificate of "{subject.user}" is not valid before '
+                f"{start.isoformat()} (is this machine's clock right?)"
+            )
+        return ""
+
     def __repr__(self) -> str:  # never print a key or token by accident
         return (
             f"Credentials(cert={'yes' if self.cert else 'no'}, "

@@ -75,10 +75,28 @@ def _refused_certificates(ca: pki.KeyPair) -> dict[str, pki.KeyPair | None]:
 
 @pytest.mark.parametrize("case", ["no-certificate", "other-ca", "expired"])
 async def test_bad_certificates_fail_the_handshake(server, ca, case) -> None:
-    """gRPC checks the chain and dates before any request: the connection is refused."""
+    """gRPC checks the chain and dates before any request: the connection is refused.
+
+    A raw channel, not ApiClient, which would refuse an expired certificate itself."""
+    import grpc
+
+    from machinery.api import api_pb2, api_pb2_grpc
+
     pair = _refused_certificates(ca)[case]
-    credentials = Credentials(ca.cert, pair.cert, pair.key) if pair else Credentials(ca.cert)
-    with pytest.raises(errors.Unavailable):
+    creds = grpc.ssl_channel_credentials(
+        ca.cert, pair.key if pair else None, pair.cert if pair else None
+    )
+    async with grpc.aio.secure_channel(f"127.0.0.1:{server.port}", creds) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await api_pb2_grpc.ObjectsStub(channel).List(
+                api_pb2.ListRequest(resource="pods", namespace="default"), timeout=5
+            )
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_client_names_its_own_expired_certificate(server, ca) -> None:
+    credentials = _credentials(ca, _refused_certificates(ca)["expired"])
+    with pytest.raises(errors.Unauthenticated, match='certificate of "x" expired at'):
         await _list(f"127.0.0.1:{server.port}", credentials)
 
 
