@@ -122,13 +122,17 @@ class Gate:
         self._authenticator = authenticator
         self._authorizers = list(authorizers)
 
-    def admit(self, context: grpc.aio.ServicerContext, attrs: Attributes) -> UserInfo:
-        """The request's user if it may do attrs; Unauthenticated or Forbidden otherwise."""
+    def authenticate(self, context: grpc.aio.ServicerContext) -> UserInfo:
+        """The request's user; Unauthenticated (logged) if it proves no identity."""
         try:
-            user = self._authenticator.authenticate(context)
+            return self._authenticator.authenticate(context)
         except errors.Unauthenticated as err:
             log.info("refused unauthenticated request", peer=context.peer(), reason=err.message)
             raise
+
+    def admit(self, context: grpc.aio.ServicerContext, attrs: Attributes) -> UserInfo:
+        """The request's user if it may do attrs; Unauthenticated or Forbidden otherwise."""
+        user = self.authenticate(context)
         decision = self.authorize(user, attrs)
         if not decision.allowed:
             DENIALS.labels(attrs.verb, attrs.resource).inc()

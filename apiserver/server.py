@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from apiserver import encryption, podsecurity
+from apiserver.access import AccessService
 from apiserver.auth import Authenticator, Authorizer, Gate, TokenAuthenticator
 from apiserver.authz.escalation import EscalationCheck
 from apiserver.garbagecollector import GarbageCollector
@@ -25,7 +26,7 @@ from apiserver.store import EtcdStore, Store, StoreError
 from apiserver.streams import StreamService
 from apiserver.watchcache import WatchCache
 from machinery import errors, kinds
-from machinery.api import api_pb2, streams_pb2, streams_pb2_grpc
+from machinery.api import access_pb2, access_pb2_grpc, api_pb2, streams_pb2, streams_pb2_grpc
 from machinery.clock import Clock, RealClock, parse_rfc3339
 from machinery.log import get_logger
 from machinery.pki import KeyPair
@@ -150,11 +151,13 @@ class ApiServer:
         )
         server.add_generic_rpc_handlers((self._service.handler(),))
         streams_pb2_grpc.add_StreamsServicer_to_server(self._streams, server)
+        access_pb2_grpc.add_AccessServicer_to_server(AccessService(self.gate), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
                 api_pb2.DESCRIPTOR.services_by_name["Objects"].full_name,
                 streams_pb2.DESCRIPTOR.services_by_name["Streams"].full_name,
+                access_pb2.DESCRIPTOR.services_by_name["Access"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),

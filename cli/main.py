@@ -15,7 +15,7 @@ import pathlib
 import sys
 from collections.abc import Awaitable, Callable
 
-from cli import apply, containers, describe, expose, get, nodes, tokens, workloads
+from cli import access, apply, containers, describe, expose, get, nodes, tokens, workloads
 from cli.errors import CliError, from_api
 from cli.session import Session
 from machinery import config, errors
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     containers.register(commands)
     nodes.register(commands)
     tokens.register(commands)
+    access.register(commands)
     return parser
 
 

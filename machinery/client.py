@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import grpc
 
 from machinery import errors, kinds
-from machinery.api import api_pb2, api_pb2_grpc
+from machinery.api import access_pb2, access_pb2_grpc, api_pb2, api_pb2_grpc
 from machinery.clock import Clock, RealClock
 from machinery.credentials import Credentials
 from machinery.kinds import Kind
@@ -161,6 +161,10 @@ class ApiClient:
                 self._channel = grpc.aio.insecure_channel(self.server, _CHANNEL_OPTIONS)
             self._stub = api_pb2_grpc.ObjectsStub(self._channel)
         return self._stub
+
+    def _access(self) -> access_pb2_grpc.AccessStub:
+        self._objects()  # the one channel, made if it is not yet
+        return access_pb2_grpc.AccessStub(self._channel)
 
     async def _failover(self) -> None:
         if len(self.servers) > 1:
@@ -340,6 +344,42 @@ class ApiClient:
     ) -> dict[str, Any]:
         request = api_pb2.BindRequest(namespace=namespace, name=name, node_name=node_name, uid=uid)
         return json.loads((await self._unary("Bind", request)).object)
+
+    # -- who am I, may I --------------------------------------------------------------------
+
+    async def whoami(self) -> access_pb2.WhoAmIResponse:
+        """The identity the server sees on this client's credentials."""
+        return await self._call(self._access().WhoAmI, access_pb2.WhoAmIRequest())
+
+    async def may(
+        self,
+        verb: str,
+        resource: str | Kind,
+        *,
+        namespace: str = "",
+        name: str = "",
+        subresource: str = "",
+    ) -> access_pb2.AccessReviewResponse:
+        """Whether this client's identity may do verb on resource, and if not, why."""
+        kind = resolve_kind(resource)
+        request = access_pb2.AccessReviewRequest(
+            verb=verb,
+            resource=kind.resource,
+            subresource=subresource,
+            namespace=namespace if kind.namespaced else "",
+            name=name,
+        )
+        return await self._call(self._access().Review, request)
+
+    async def _call(self, method: Callable[..., Any], request: Any) -> Any:
+        target = self.server
+        try:
+            return await method(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as err:
+            error = error_from_rpc(err, target)
+            if isinstance(error, errors.Unavailable):
+                await self._failover()
+            raise error from None
 
     async def watch(
         self,
