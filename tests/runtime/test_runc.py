@@ -129,16 +129,22 @@ def test_runc_exec_with_a_terminal(runc_runtime: oci.RuncRuntime, busybox_rootfs
     )
     try:
         assert session.terminal is not None
+
+        def read_until(marker: bytes, seen: bytes = b"") -> bytes:
+            deadline = time.monotonic() + 20
+            while marker not in seen and time.monotonic() < deadline:
+                if select.select([session.terminal], [], [], 0.2)[0]:
+                    try:
+                        seen += os.read(session.terminal, 4096)  # type: ignore[arg-type]
+                    except OSError:
+                        break
+            return seen
+
+        # Typed only at the prompt: typed ahead, the line can reach the terminal before
+        # runc has made it the container's, and be read by the wrong side.
+        assert b"# " in read_until(b"# ")
         os.write(session.terminal, b"stty size; exit 4\n")
-        seen = b""
-        deadline = time.monotonic() + 10
-        while b"30 90" not in seen and time.monotonic() < deadline:
-            if select.select([session.terminal], [], [], 0.2)[0]:
-                try:
-                    seen += os.read(session.terminal, 4096)
-                except OSError:
-                    break
-        assert b"30 90" in seen
+        assert b"30 90" in read_until(b"30 90")
         assert session.wait(10) == 4
     finally:
         session.close()
