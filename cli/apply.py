@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from cli import manifests, printers, secrets
+from cli import manifests, printers, rbac, secrets
 from cli.errors import CliError, duration, from_api
 from cli.session import Session
 from machinery import errors
@@ -57,6 +57,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     ns.add_argument("name")
     ns.set_defaults(handler=run_create_namespace)
     secrets.register_create(what)
+    rbac.register_create(what)
 
     p = commands.add_parser("delete", help="delete objects by kind and name or from manifests")
     p.add_argument("kind", nargs="?", metavar="KIND[/NAME]")
