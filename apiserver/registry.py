@@ -138,7 +138,7 @@ class Registry:
         except encryption.DecryptError as err:
             where = kv.key.removeprefix(self.prefix + "/")
             log.error("failed to decrypt a stored object", key=where, err=err)
-            raise errors.InternalError(
+            raise _Undecryptable(
                 f"failed to decrypt {where} from storage: {err}", kind=kind.kind
             ) from None
 
@@ -654,7 +654,14 @@ class Registry:
                 raise self._not_found(kind, name) from None
             except st.StoreUnavailable as err:
                 raise errors.Unavailable(str(err)) from err
-            current = self._decode(kind, kv)
+            try:
+                current = self._decode(kind, kv)
+            except _Undecryptable:
+                if uid or resource_version:
+                    raise self._conflict(
+                        kind, name, "the stored object cannot be decrypted to check preconditions"
+                    ) from None
+                return await self._delete_sealed(kind, key, namespace, name, kv.mod_revision)
             meta = current["metadata"]
             if uid and meta.get("uid") != uid:
                 raise self._conflict(
@@ -743,6 +750,23 @@ class Registry:
         if grace >= 0:
             return grace
         return int(spec.get("terminationGracePeriodSeconds", 30))
+
+    async def _delete_sealed(
+        self, kind: Kind, key: str, namespace: str, name: str, revision: int
+    ) -> dict[str, Any]:
+        """Delete a value no key opens any more (its encryption key was lost).
+
+        It could never be read again, so nothing it holds (finalizers, owners) can be
+        honoured; refusing would leave it in etcd for good. Logged as what it is."""
+        log.warning(
+            "deleting an object that cannot be decrypted, without reading it",
+            key=key.removeprefix(self.prefix + "/"),
+        )
+        meta: dict[str, Any] = {"name": name}
+        if kind.namespaced:
+            meta["namespace"] = namespace
+        stub = {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": meta}
+        return await self._delete_now(kind, key, name, revision, stub)
 
     async def _delete_now(
         self, kind: Kind, key: str, name: str, revision: int, last: dict[str, Any]
@@ -896,6 +920,10 @@ def _parse_rv(text: str) -> int:
 def _encode_continue(revision: int, start: str) -> str:
     raw = json.dumps({"rv": revision, "start": start}).encode()
     return base64.urlsafe_b64encode(raw).decode()
+
+
+class _Undecryptable(errors.InternalError):
+    """A sealed value no configured key opens: still an internal error to a reader."""
 
 
 def _decode_continue(token: str, prefix: str) -> tuple[int, str]:

@@ -25,7 +25,7 @@ import yaml
 from apiserver import encryption
 from apiserver.encryption import AesGcmTransformer, EncryptionKey, KeyFileError
 from apiserver.server import ApiServer, ServerConfig
-from apiserver.store import EtcdStore
+from apiserver.store import EtcdStore, KeyNotFound
 from machinery import defaults, errors, validation
 from machinery.client import ApiClient
 from tests import objects as o
@@ -616,6 +616,28 @@ async def test_unknown_key_is_a_server_error_not_a_broken_cache(
     logged = [r for r in caplog.records if "decrypt" in r.getMessage()]
     keys = {r.kv.get("key") for r in logged}
     assert {f"{etcd_prefix}/secrets/default/lost", f"{etcd_prefix}/secrets/default/late"} <= keys
+
+
+async def test_a_secret_whose_key_was_lost_can_still_be_deleted(
+    etcd, etcd_prefix, cluster_pki
+) -> None:
+    async with serving(cluster_pki, etcd, etcd_prefix, (KEY1,)) as api:
+        made = await api.create("secrets", secret("orphan", data={"v": "1"}))
+    async with serving(cluster_pki, etcd, etcd_prefix, (KEY2,)) as api:
+        with pytest.raises(errors.Conflict, match="cannot be decrypted to check preconditions"):
+            await api.delete("secrets", "orphan", namespace="default", uid=made["metadata"]["uid"])
+        gone = await api.delete("secrets", "orphan", namespace="default")
+        assert gone["metadata"] == {
+            "name": "orphan",
+            "namespace": "default",
+            "resourceVersion": gone["metadata"]["resourceVersion"],
+        }
+        with pytest.raises(errors.NotFound):
+            await api.get("secrets", "orphan", namespace="default")
+        # Deleted, not merely hidden: etcd no longer holds the sealed value.
+        async with raw_etcd(etcd) as store:
+            with pytest.raises(KeyNotFound):
+                await store.get(f"{etcd_prefix}/secrets/default/orphan")
 
 
 async def test_without_a_key_secrets_are_plaintext_and_sealed_ones_fail(
