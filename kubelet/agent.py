@@ -62,9 +62,24 @@ from machinery.clock import Clock, RealClock
 from machinery.events import WARNING, EventRecorder
 from machinery.informer import Handlers, Informer
 from machinery.log import get_logger
-from machinery.registry import RegistryHosts
+from machinery.registry import RegistryHosts, read_auth_file
 
 log = get_logger("kubelet")
+
+
+def registry_hosts(config: KubeletConfig) -> RegistryHosts:
+    """How the puller reaches registries: credentials from --registry-auth-file, and
+    --registry-ca-file for the default registry and every registry that file names."""
+    credentials = (
+        read_auth_file(str(config.registry_auth_file)) if config.registry_auth_file else {}
+    )
+    ca_files = {}
+    if config.registry_ca_file is not None:
+        ca_files = {r: str(config.registry_ca_file) for r in {config.registry, *credentials}}
+    return RegistryHosts(
+        insecure=frozenset(config.insecure_registries), credentials=credentials, ca_files=ca_files
+    )
+
 
 Obj = dict[str, Any]
 
@@ -154,7 +169,7 @@ class Kubelet:
         self.store = store or ImageStore(config.state_dir / "images", clock=self.clock)
         self._hosts: RegistryHosts | None = None
         if puller is None:
-            self._hosts = RegistryHosts(insecure=frozenset(config.insecure_registries))
+            self._hosts = registry_hosts(config)
             puller = ImagePuller(
                 self.store,
                 self._hosts,

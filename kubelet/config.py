@@ -63,6 +63,9 @@ class KubeletConfig:
     metrics_port: int = 0  # 0: no metrics endpoint
     registry: str = "127.0.0.1:5000"  # where short image names resolve
     insecure_registries: tuple[str, ...] = ()
+    # Credentials per registry (Docker config JSON) and the CA their HTTPS is checked with.
+    registry_auth_file: Path | None = None
+    registry_ca_file: Path | None = None
     cluster_dns: tuple[str, ...] = ()
     cluster_domain: str = "cluster.local"
     resolv_conf: Path = Path("/etc/resolv.conf")

@@ -39,6 +39,7 @@ from kubelet.config import (
     parse_taints,
 )
 from machinery import log as kubelog
+from machinery.registry import RegistryError, read_auth_file
 
 log = kubelog.get_logger("kubelet")
 
@@ -142,6 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="registry spoken to over plain HTTP (repeatable; loopback always is)",
+    )
+    p.add_argument(
+        "--registry-auth-file",
+        type=Path,
+        default=None,
+        help='registry credentials, Docker config format ({"auths": {"HOST:PORT": ...}})',
+    )
+    p.add_argument(
+        "--registry-ca-file",
+        type=Path,
+        default=None,
+        help="CA that the HTTPS registries of --registry and --registry-auth-file are "
+        "checked against (default: the system's)",
     )
     p.add_argument(
         "--cluster-dns", default="", help="comma-separated DNS server IPs for ClusterFirst Pods"
@@ -274,6 +288,8 @@ def config_from(args: argparse.Namespace) -> KubeletConfig:
         metrics_port=args.metrics_port,
         registry=args.registry,
         insecure_registries=tuple(args.insecure_registry),
+        registry_auth_file=args.registry_auth_file,
+        registry_ca_file=args.registry_ca_file,
         cluster_dns=tuple(s.strip() for s in args.cluster_dns.split(",") if s.strip()),
         cluster_domain=args.cluster_domain,
         resolv_conf=args.resolv_conf,
@@ -292,6 +308,11 @@ def config_from(args: argparse.Namespace) -> KubeletConfig:
         configured_servers(config)  # a kubeconfig that names no server is refused now
     except CertificateError as err:
         raise ConfigError(str(err)) from None
+    if config.registry_auth_file is not None:
+        try:
+            read_auth_file(str(config.registry_auth_file))
+        except RegistryError as err:
+            raise ConfigError(f"--registry-auth-file: {err}") from None
     return config
 
 

@@ -30,6 +30,7 @@ Design and invariants:
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 import enum
 import hashlib
@@ -567,6 +568,39 @@ class Credentials:
     def basic(self) -> str:
         raw = f"{self.username}:{self.password}".encode()
         return "Basic " + base64.b64encode(raw).decode()
+
+
+def read_auth_file(path: str) -> dict[str, Credentials]:
+    """Registry credentials from a Docker config file: {"auths": {"host:port": {"auth":
+    base64("user:password")}}} (or "username"/"password"); RegistryError names what is wrong."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as err:
+        raise RegistryError(f"registry auth file {path}: cannot be read: {err.strerror}") from None
+    except ValueError as err:
+        raise RegistryError(f"registry auth file {path}: not JSON: {err}") from None
+    auths = data.get("auths") if isinstance(data, dict) else None
+    if not isinstance(auths, dict):
+        raise RegistryError(f'registry auth file {path}: needs an "auths" object')
+    found: dict[str, Credentials] = {}
+    for registry, entry in auths.items():
+        where = f"registry auth file {path}: auths[{registry!r}]"
+        if not isinstance(entry, dict):
+            raise RegistryError(f"{where}: must be an object")
+        if entry.get("auth"):
+            try:
+                user, sep, password = base64.b64decode(str(entry["auth"])).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                raise RegistryError(f"{where}.auth: not base64 of user:password") from None
+            if not sep:
+                raise RegistryError(f"{where}.auth: not base64 of user:password")
+        else:
+            user, password = str(entry.get("username") or ""), str(entry.get("password") or "")
+            if not user:
+                raise RegistryError(f"{where}: needs auth, or username and password")
+        found[registry] = Credentials(user, password)
+    return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1206,8 +1240,8 @@ def list_images(client: RegistryClient) -> list[RepositoryTags]:
 class RegistryHosts:
     """Clients by registry name, with per-registry settings; one client per registry.
 
-    Registries in `insecure` (and loopback ones, as Docker does) are spoken
-    to over plain HTTP; every other registry over verified HTTPS.
+    Registries in `insecure` (and loopback ones, as Docker does, unless given a
+    CA) are spoken to over plain HTTP; every other registry over verified HTTPS.
     """
 
     def __init__(
@@ -1226,7 +1260,10 @@ class RegistryHosts:
         self._lock = threading.Lock()
 
     def is_insecure(self, registry: str) -> bool:
-        return registry in self._insecure or is_loopback_registry(registry)
+        """Plain HTTP: named insecure, or a loopback one without a CA of its own."""
+        if registry in self._insecure:
+            return True
+        return is_loopback_registry(registry) and registry not in self._ca_files
 
     def client(self, registry: str) -> RegistryClient:
         with self._lock:
