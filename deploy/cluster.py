@@ -165,7 +165,7 @@ def prepare_host(cluster: dict) -> None:
         if index > cluster["nodes"]:
             hostnet.delete_node(net, index)
     from apiserver.encryption import main as encryption_main
-    from deploy.registry import write_registry_config
+    from deploy.registry import ensure_registry_auth, write_registry_config
 
     # The key that seals Secrets in etcd; kept across bring-ups, since losing it loses them.
     key = state_dir(cluster["name"]) / "encryption-key"
@@ -174,13 +174,22 @@ def prepare_host(cluster: dict) -> None:
 
     ensure_pki(cluster)
 
-    registry = state_dir(cluster["name"]) / "registry"
+    state = state_dir(cluster["name"])
+    registry = state / "registry"
     (registry / "data").mkdir(parents=True, exist_ok=True)
-    config_path = registry / "config.json"
-    if not config_path.exists():
-        write_registry_config(
-            config_path, address=layout.registry_address(cluster), storage=registry / "data"
-        )
+    address = layout.registry_address(cluster)
+    # HTTPS with one user: Pods reach the bridge too, and must not replace the images
+    # every node pulls. Rewritten on every bring-up, so an older open config is closed.
+    pki.ensure_registry(layout.pki_dir(state), addresses=[address.rpartition(":")[0]])
+    registry_auth = ensure_registry_auth(layout.registry_auth_dir(state), address)
+    write_registry_config(
+        registry / "config.json",
+        address=address,
+        storage=registry / "data",
+        tls_cert=layout.pki_dir(state) / f"{pki.REGISTRY}.crt",
+        tls_key=layout.pki_dir(state) / f"{pki.REGISTRY}.key",
+        htpasswd=registry_auth.htpasswd,
+    )
 
 
 def ensure_pki(cluster: dict) -> None:
@@ -322,8 +331,14 @@ def seed_images(cluster: dict) -> list[str]:
     from deploy.roles.bootstrap import seed_images as seed
 
     address = layout.registry_address(cluster)
+    state = state_dir(cluster["name"])
     try:
-        return seed(address, timeout=30)
+        return seed(
+            address,
+            timeout=30,
+            auth_file=layout.registry_auth_dir(state) / "auth.json",
+            ca_file=layout.pki_dir(state) / "ca.crt",
+        )
     except RuntimeError as err:
         raise SystemExit(f"error: {err}") from err
 

@@ -88,6 +88,11 @@ def apiserver_listen(layout: dict[str, Any]) -> tuple[str, str]:
     )
 
 
+def registry_auth_dir(state: pathlib.Path) -> pathlib.Path:
+    """The registry's user: its htpasswd, password and the clients' auth file."""
+    return state / "registry" / "auth"
+
+
 def registry_address(layout: dict[str, Any]) -> str:
     return f"{cluster_net(layout).gateway}:{layout['ports']['registry']}"
 
@@ -201,7 +206,8 @@ def node_components(state: pathlib.Path, layout: dict[str, Any], index: int) -> 
                 f"--state-dir={home}",
                 f"--cgroup-root=kubelite-{layout['name']}-{node}",
                 f"--registry={registry_address(layout)}",
-                f"--insecure-registry={registry_address(layout)}",
+                f"--registry-ca-file={pki_dir(state) / 'ca.crt'}",
+                f"--registry-auth-file={registry_auth_dir(state) / 'auth.json'}",
                 f"--cluster-dns={DNS_SERVICE_IP}",
                 f"--cluster-domain={CLUSTER_DOMAIN}",
                 "--network=bridge",

@@ -233,6 +233,16 @@ def ensure_control_plane(
     return [made, *(ensure_pair(directory, name, want, ca) for name, want in wants.items())]
 
 
+REGISTRY = "registry"
+
+
+def ensure_registry(directory: pathlib.Path, *, addresses: Sequence[str]) -> Issued:
+    """The image registry's serving certificate, from the cluster CA, for its addresses."""
+    ca = KeyPair.read(directory, CA)
+    want = Want(Subject("kubelite-registry"), client=False, server=True, alt_names=tuple(addresses))
+    return ensure_pair(directory, REGISTRY, want, ca)
+
+
 def ensure_etcd(
     directory: pathlib.Path, *, cluster: str, member: str, addresses: Sequence[str]
 ) -> list[Issued]:

@@ -18,6 +18,7 @@ and the access log off (every blob request would otherwise be a line).
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import dataclasses
 import json
@@ -78,9 +79,12 @@ def write_registry_config(
     storage: Path,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    htpasswd: Path | None = None,
     log_level: str = "warn",
 ) -> Path:
-    """Write a distribution v2.8 config file serving `storage` on `address`."""
+    """Write a distribution v2.8 config file serving `storage` on `address`.
+
+    With htpasswd, every request (pull and push) needs a user of that file."""
     http: dict[str, object] = {
         "addr": address,
         # Signs upload state; set so the registry does not warn that it made one up.
@@ -99,8 +103,60 @@ def write_registry_config(
         },
         "http": http,
     }
+    if htpasswd is not None:
+        config["auth"] = {"htpasswd": {"realm": "kubelite", "path": str(htpasswd)}}
     path.write_text(json.dumps(config, indent=2) + "\n")
     return path
+
+
+REGISTRY_USER = "kubelite"
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryAuth:
+    """The registry's one user: its htpasswd entry, and the client-side file naming it."""
+
+    htpasswd: Path  # what the registry checks (bcrypt)
+    auth_file: Path  # docker config JSON: {"auths": {"<address>": {"auth": ...}}}
+
+
+def ensure_registry_auth(directory: Path, address: str) -> RegistryAuth:
+    """The registry's credentials under directory, made once (0600), for `address`.
+
+    A registry anyone on the cluster network can write to lets a Pod replace the
+    images every node runs; so the registry asks every client for this user, and
+    only the bring-up, the kubelets and administrators hold the password.
+    """
+    import bcrypt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    password_file = directory / "password"
+    if not password_file.exists():
+        _write_private(password_file, secrets.token_urlsafe(24).encode())
+    password = password_file.read_text().strip()
+    htpasswd = directory / "htpasswd"
+    current = htpasswd.read_bytes() if htpasswd.exists() else b""
+    user, _, hashed = current.strip().partition(b":")
+    matches = user == REGISTRY_USER.encode() and hashed
+    if not matches or not bcrypt.checkpw(password.encode(), hashed):
+        # The registry checks the hash on every request. The password is 24 random bytes,
+        # not a human's, so a low cost (htpasswd -B's default, 5) gives nothing away.
+        digest = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5))
+        _write_private(htpasswd, REGISTRY_USER.encode() + b":" + digest + b"\n")
+    auth_file = directory / "auth.json"
+    token = base64.b64encode(f"{REGISTRY_USER}:{password}".encode()).decode()
+    wanted = json.dumps({"auths": {address: {"auth": token}}}, indent=2) + "\n"
+    if not auth_file.exists() or auth_file.read_text() != wanted:
+        _write_private(auth_file, wanted.encode())
+    return RegistryAuth(htpasswd, auth_file)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "wb") as f:
+        f.write(data)
+    tmp.replace(path)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -119,6 +175,7 @@ def start_registry(
     binary: str = DEFAULT_BINARY,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    htpasswd: Path | None = None,
     ready_timeout_s: float = 20.0,
     new_session: bool = False,
 ) -> RunningRegistry:
@@ -142,6 +199,7 @@ def start_registry(
                 workdir=workdir,
                 binary=binary,
                 tls=(tls_cert, tls_key),
+                htpasswd=htpasswd,
                 ready_timeout_s=ready_timeout_s,
                 new_session=new_session,
             )
@@ -158,6 +216,7 @@ def _start_once(
     workdir: Path,
     binary: str,
     tls: tuple[Path | None, Path | None],
+    htpasswd: Path | None,
     ready_timeout_s: float,
     new_session: bool,
 ) -> RunningRegistry:
@@ -167,6 +226,7 @@ def _start_once(
         storage=storage,
         tls_cert=tls[0],
         tls_key=tls[1],
+        htpasswd=htpasswd,
     )
     log_path = workdir / "registry.log"
     with open(log_path, "ab") as log:

@@ -589,3 +589,30 @@ def test_9_a_pod_cannot_reach_the_kubelet_endpoint(cluster: Cluster) -> None:
     assert "TLS" in fetch.stderr and "error getting response" in fetch.stderr, fetch.stderr
     # The API server, which holds that certificate, still reaches it: exec goes through it.
     assert in_pod("echo", "through-the-api-server").stdout.strip() == "through-the-api-server"
+
+
+def test_10_the_registry_answers_only_its_user(cluster: Cluster) -> None:
+    """A Pod on the cluster network can neither pull from nor push to the image registry
+    every node pulls from; the nodes, which hold its user, pull as before (tests 1-9)."""
+    from deploy import layout
+    from machinery.registry import RegistryError, RegistryHosts, list_images, read_auth_file
+
+    address = layout.registry_address(cluster.layout)
+    client = running_pods(cluster, "app=client")[0]["metadata"]["name"]
+    for argv in (
+        ("wget", "-q", "-O", "-", f"https://{address}/v2/_catalog"),
+        ("wget", "-q", "-O", "-", "--post-data=", f"https://{address}/v2/evil/blobs/uploads/"),
+    ):
+        attempt = subprocess.run(
+            [str(ROOT / ".venv/bin/kctl"), "exec", client, "--", "timeout", "10", *argv],
+            cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert attempt.returncode != 0 and "401" in attempt.stderr, attempt.stdout + attempt.stderr
+    ca_file = str(layout.pki_dir(cluster.state) / "ca.crt")
+    with pytest.raises(RegistryError):
+        list_images(RegistryHosts(ca_files={address: ca_file}).client(address))
+    user = read_auth_file(str(layout.registry_auth_dir(cluster.state) / "auth.json"))
+    hosts = RegistryHosts(ca_files={address: ca_file}, credentials=user)
+    assert {"library/busybox", "library/httpd"} <= {
+        r.repository for r in list_images(hosts.client(address))
+    }

@@ -281,6 +281,98 @@ def test_bootstrap_seeds_the_registry_once(tmp_path: pathlib.Path) -> None:
         assert {r.repository: r for r in list_images(client)} == before
 
 
+def test_an_authenticated_registry_refuses_strangers_and_is_seeded_as_its_user(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The registry a bring-up runs: HTTPS from the cluster CA and one user. Anyone else,
+    a Pod on the cluster network included, can neither pull nor push."""
+    from deploy.registry import ensure_registry_auth, free_port, start_registry
+    from deploy.roles.bootstrap import seed_images
+    from machinery import pki as machinery_pki
+    from machinery.registry import (
+        Credentials,
+        RegistryError,
+        RegistryHosts,
+        list_images,
+        read_auth_file,
+    )
+
+    ca = machinery_pki.new_ca("registry-test-ca")
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(ca.cert)
+    serving = machinery_pki.issue(
+        ca, machinery_pki.Subject("registry"), client=False, server=True, alt_names=["127.0.0.1"]
+    )
+    cert, key = serving.write(tmp_path, "registry")
+    port = free_port("127.0.0.1")
+    address = f"127.0.0.1:{port}"
+    auth = ensure_registry_auth(tmp_path / "auth", address)
+    assert (tmp_path / "auth" / "password").stat().st_mode & 0o777 == 0o600
+    assert ensure_registry_auth(tmp_path / "auth", address) == auth  # made once, kept
+    with start_registry(
+        storage=tmp_path / "data",
+        workdir=tmp_path,
+        port=port,
+        tls_cert=cert,
+        tls_key=key,
+        htpasswd=auth.htpasswd,
+    ):
+        stranger = RegistryHosts(ca_files={address: str(ca_file)}).client(address)
+        with pytest.raises(RegistryError) as refused:
+            list_images(stranger)
+        assert refused.value.status == 401
+        wrong = RegistryHosts(
+            ca_files={address: str(ca_file)}, credentials={address: Credentials("kubelite", "x")}
+        ).client(address)
+        with pytest.raises(RegistryError):
+            list_images(wrong)
+        held = seed_images(address, 20, auth_file=auth.auth_file, ca_file=ca_file)
+        assert held == ["library/busybox", "library/httpd"]
+        user = RegistryHosts(
+            ca_files={address: str(ca_file)}, credentials=read_auth_file(str(auth.auth_file))
+        ).client(address)
+        assert {r.repository for r in list_images(user)} == set(held)
+
+
+def test_agents_of_an_authenticated_registry_use_https_and_its_user() -> None:
+    base = dict(
+        node_ip="10.0.0.9",
+        node_name="a",
+        servers=("10.0.0.1",),
+        state_dir=pathlib.Path("/var/lib/kubelite/agent"),
+        python=sys.executable,
+        registry="10.0.0.1:5000",
+    )
+    [open_kubelet, *_] = commands.agent_commands(commands.AgentConfig(**base))
+    assert "--insecure-registry=10.0.0.1:5000" in open_kubelet.argv
+    [kubelet, *_] = commands.agent_commands(commands.AgentConfig(**base, registry_auth=True))
+    assert not any(a.startswith("--insecure-registry") for a in kubelet.argv)
+    assert "--registry-auth-file=/var/lib/kubelite/agent/registry-auth.json" in kubelet.argv
+    assert "--registry-ca-file=/var/lib/kubelite/agent/pki/ca.crt" in kubelet.argv
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("not json", "not JSON"),
+        ('{"auths": []}', 'needs an "auths" object'),
+        ('{"auths": {"r:5000": {"auth": "!!"}}}', "not base64 of user:password"),
+        ('{"auths": {"r:5000": {"auth": "bm9jb2xvbg=="}}}', "not base64 of user:password"),
+        ('{"auths": {"r:5000": {}}}', "needs auth, or username and password"),
+    ],
+    ids=["not-json", "auths-not-object", "bad-base64", "no-colon", "empty-entry"],
+)
+def test_bad_registry_auth_files_name_the_problem(
+    tmp_path: pathlib.Path, text: str, fragment: str
+) -> None:
+    from machinery.registry import RegistryError, read_auth_file
+
+    path = tmp_path / "auth.json"
+    path.write_text(text)
+    with pytest.raises(RegistryError, match=fragment):
+        read_auth_file(str(path))
+
+
 # -- machines as network namespaces ------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from machinery.registry import Platform, RegistryError, RegistryHosts
+from machinery.registry import Platform, RegistryError, RegistryHosts, read_auth_file
 
 from .oci import (
     Entry,
@@ -212,6 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--insecure", action="store_true", help="plain HTTP (implied for loopback registries)"
     )
+    parser.add_argument(
+        "--registry-auth-file",
+        type=Path,
+        help="the registry's user, Docker config format (a cluster's: "
+        "<state>/registry/auth/auth.json)",
+    )
+    parser.add_argument("--ca-file", type=Path, help="CA of the registry's HTTPS certificate")
     parser.add_argument("--busybox", type=Path, default=BUSYBOX, help="busybox binary to use")
     parser.add_argument("--oci-layout", type=Path, help="also write the images to this directory")
     args = parser.parse_args(argv)
@@ -225,7 +232,11 @@ def main(argv: list[str] | None = None) -> int:
             write_oci_layout(args.oci_layout, tagged)
         if args.registry:
             insecure = frozenset({args.registry}) if args.insecure else frozenset()
-            hosts = RegistryHosts(insecure=insecure)
+            credentials = (
+                read_auth_file(str(args.registry_auth_file)) if args.registry_auth_file else {}
+            )
+            ca_files = {args.registry: str(args.ca_file)} if args.ca_file else {}
+            hosts = RegistryHosts(insecure=insecure, credentials=credentials, ca_files=ca_files)
             pushed = push_default_images(
                 hosts, args.registry, images, tags=("latest", busybox.version)
             )

@@ -37,6 +37,7 @@ from machinery import connection, errors
 from machinery import log as logsetup
 from machinery.client import ApiClient
 from machinery.log import get_logger
+from machinery.registry import RegistryError
 
 log = get_logger("bootstrap")
 
@@ -154,12 +155,27 @@ async def publish_join_token(api: ApiClient, path: pathlib.Path, *, ttl: float) 
     return outcome
 
 
-def seed_images(registry: str, timeout: float) -> list[str]:
-    """Push the default images unless the registry holds them; the repositories it holds."""
-    from deploy.images.build import build_default_images, inspect_busybox, push_default_images
-    from machinery.registry import RegistryHosts, list_images
+def seed_images(
+    registry: str,
+    timeout: float,
+    *,
+    auth_file: pathlib.Path | None = None,
+    ca_file: pathlib.Path | None = None,
+) -> list[str]:
+    """Push the default images unless the registry holds them; the repositories it holds.
 
-    hosts = RegistryHosts(insecure=frozenset({registry}))
+    With auth_file and ca_file the registry is spoken to over HTTPS as its user;
+    without, over plain HTTP."""
+    from deploy.images.build import build_default_images, inspect_busybox, push_default_images
+    from machinery.registry import RegistryHosts, list_images, read_auth_file
+
+    if ca_file is not None:
+        hosts = RegistryHosts(
+            credentials=read_auth_file(str(auth_file)) if auth_file else {},
+            ca_files={registry: str(ca_file)},
+        )
+    else:
+        hosts = RegistryHosts(insecure=frozenset({registry}))
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -197,6 +213,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds the join token stays valid once published (default: %(default)s)",
     )
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the API")
+    p.add_argument(
+        "--registry-auth-file", type=pathlib.Path, default=None, help="the registry's user"
+    )
+    p.add_argument(
+        "--registry-ca-file", type=pathlib.Path, default=None, help="CA of the registry's HTTPS"
+    )
     p.add_argument("--log-level", default=None)
     return p.parse_args(argv)
 
@@ -226,9 +248,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(run(args))
         if args.registry:
-            held = seed_images(args.registry, args.timeout)
+            held = seed_images(
+                args.registry,
+                args.timeout,
+                auth_file=args.registry_auth_file,
+                ca_file=args.registry_ca_file,
+            )
             log.info("registry seeded", registry=args.registry, images=",".join(held))
-    except (errors.ApiError, RuntimeError, OSError, connection.ConnectionConfigError) as err:
+    except (
+        errors.ApiError,
+        RuntimeError,
+        OSError,
+        connection.ConnectionConfigError,
+        RegistryError,
+    ) as err:
         log.error("failed to bootstrap the cluster", err=err)
         return 1
     return 0

@@ -94,6 +94,12 @@ class AgentConfig:
     state_dir: pathlib.Path
     python: str
     registry: str  # host:port of the registry short image names resolve to
+    # The registry serves HTTPS with the cluster CA and wants its user (registry_auth_file).
+    registry_auth: bool = False
+
+    @property
+    def registry_auth_file(self) -> pathlib.Path:
+        return self.state_dir / "registry-auth.json"
 
     @property
     def node_dir(self) -> pathlib.Path:
@@ -272,6 +278,10 @@ def registry_config(state_dir: pathlib.Path) -> pathlib.Path:
     return state_dir / "registry" / "config.json"
 
 
+def registry_auth_dir(state_dir: pathlib.Path) -> pathlib.Path:
+    return state_dir / "registry" / "auth"
+
+
 def bootstrap_argv(cfg: ServerConfig) -> tuple[str, ...]:
     """The one-shot that publishes kube-dns and the join token (and seeds the registry) once
     the API answers."""
@@ -284,7 +294,11 @@ def bootstrap_argv(cfg: ServerConfig) -> tuple[str, ...]:
         f"--join-token-file={cfg.state_dir / 'join-token'}",
     ]
     if cfg.registry:
-        argv.append(f"--registry={cfg.node_ip}:{REGISTRY_PORT}")
+        argv += [
+            f"--registry={cfg.node_ip}:{REGISTRY_PORT}",
+            f"--registry-auth-file={registry_auth_dir(cfg.state_dir) / 'auth.json'}",
+            f"--registry-ca-file={cfg.pki_dir / 'ca.crt'}",
+        ]
     return tuple(argv)
 
 
@@ -305,7 +319,14 @@ def agent_commands(cfg: AgentConfig) -> list[Command]:
                 f"--state-dir={cfg.node_dir}",
                 f"--cgroup-root=kubelite-{cfg.node_name}",
                 f"--registry={cfg.registry}",
-                f"--insecure-registry={cfg.registry}",
+                *(
+                    (
+                        f"--registry-ca-file={cfg.ca_file}",
+                        f"--registry-auth-file={cfg.registry_auth_file}",
+                    )
+                    if cfg.registry_auth
+                    else (f"--insecure-registry={cfg.registry}",)
+                ),
                 f"--cluster-dns={DNS_SERVICE_IP}",
                 f"--cluster-domain={CLUSTER_DOMAIN}",
                 "--network=bridge",

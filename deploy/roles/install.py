@@ -66,6 +66,7 @@ from deploy.roles.commands import (
     api_servers,
     local_first,
     member_name,
+    registry_auth_dir,
     registry_config,
     server_commands,
     spread,
@@ -446,9 +447,9 @@ def install_server(args: argparse.Namespace) -> list[str]:
     )
     if not config.leader_election.renew_deadline < config.leader_election.lease_duration:
         raise InstallError("--leader-elect-renew-deadline must be shorter than the lease duration")
+    issued = server_pki(config, ca_dir=args.ca_dir)
     if args.registry:
         _write_registry_config(config)
-    issued = server_pki(config, ca_dir=args.ca_dir)
     commands = server_commands(config)
     units = write_units(commands, unit_dir=args.unit_dir, state_dir=state_dir)
     _remember(state_dir, role="server", node_ip=choice.address, iface=choice.iface)
@@ -457,6 +458,8 @@ def install_server(args: argparse.Namespace) -> list[str]:
     client_config.save_context(kctl)
     ca = config.pki_dir / "ca.crt"
     join = f"deploy/roles/agent.sh --servers {','.join(servers)} --token {token} --ca-file CA"
+    if args.registry:
+        join += " --registry-auth-file AUTH"
     return [
         f"server {choice.address} (interface {choice.iface}) of {len(servers)}: "
         f"{', '.join(servers)}",
@@ -468,6 +471,14 @@ def install_server(args: argparse.Namespace) -> list[str]:
         f"join token: {token} (also in {state_dir / 'join-token'}; published by the bootstrap "
         "unit, valid 24h; more with: kctl token create)",
         f"cluster CA: {ca}",
+        *(
+            [
+                "registry user (AUTH, copy it to each agent): "
+                f"{registry_auth_dir(state_dir) / 'auth.json'}"
+            ]
+            if args.registry
+            else []
+        ),
         f"other servers: copy {', '.join(f'{config.pki_dir}/{n}' for n in CA_FILES)} into a "
         f"directory DIR on each, then: deploy/roles/server.sh --servers {','.join(servers)} "
         f"--token {token} --ca-dir DIR [--iface NAME | --node-ip IP]",
@@ -479,14 +490,23 @@ CA_FILES = ("ca.crt", "ca.key", "etcd-ca.crt", "etcd-ca.key")
 
 
 def _write_registry_config(config: ServerConfig) -> None:
-    from deploy.registry import write_registry_config
+    """HTTPS with the cluster CA and one user, as on one host: a registry any Pod could
+    push to would let it replace the images every node runs."""
+    from deploy.registry import ensure_registry_auth, write_registry_config
 
     path = registry_config(config.state_dir)
     (path.parent / "data").mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        write_registry_config(
-            path, address=f"{config.node_ip}:{REGISTRY_PORT}", storage=path.parent / "data"
-        )
+    address = f"{config.node_ip}:{REGISTRY_PORT}"
+    pki.ensure_registry(config.pki_dir, addresses=[config.node_ip])
+    registry_auth = ensure_registry_auth(registry_auth_dir(config.state_dir), address)
+    write_registry_config(
+        path,
+        address=address,
+        storage=path.parent / "data",
+        tls_cert=config.pki_dir / f"{pki.REGISTRY}.crt",
+        tls_key=config.pki_dir / f"{pki.REGISTRY}.key",
+        htpasswd=registry_auth.htpasswd,
+    )
 
 
 def install_agent(args: argparse.Namespace) -> list[str]:
@@ -509,7 +529,10 @@ def install_agent(args: argparse.Namespace) -> list[str]:
         state_dir=state_dir,
         python=sys.executable,
         registry=args.registry or f"{servers[0]}:{REGISTRY_PORT}",
+        registry_auth=args.registry_auth_file is not None,
     )
+    if args.registry_auth_file is not None:
+        store_registry_auth(config, args.registry_auth_file)
     write_bootstrap_kubeconfig(config, ca=ca, token=token)
     units = write_units(agent_commands(config), unit_dir=args.unit_dir, state_dir=state_dir)
     _remember(state_dir, role="agent", node_ip=choice.address, iface=choice.iface)
@@ -519,6 +542,19 @@ def install_agent(args: argparse.Namespace) -> list[str]:
         f"units written to {args.unit_dir}: {', '.join(u.name for u in units)}",
         *enable([u.name for u in units], wanted=not args.no_enable),
     ]
+
+
+def store_registry_auth(config: AgentConfig, source: pathlib.Path) -> None:
+    """The registry's user, copied from the server, where the kubelet reads it."""
+    from machinery.registry import RegistryError, read_auth_file
+
+    try:
+        read_auth_file(str(source))
+        data = source.read_bytes()
+    except (RegistryError, OSError) as err:
+        raise InstallError(f"--registry-auth-file: {err}") from None
+    config.registry_auth_file.parent.mkdir(parents=True, exist_ok=True)
+    machinery_pki.write_private(config.registry_auth_file, data)
 
 
 def read_ca_file(path: pathlib.Path | None) -> bytes:
@@ -611,6 +647,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--registry",
         default="",
         help=f"registry short image names resolve to (default: first server:{REGISTRY_PORT})",
+    )
+    agent.add_argument(
+        "--registry-auth-file",
+        type=pathlib.Path,
+        default=None,
+        help="the registry's user (auth.json, printed by a server installed with --registry); "
+        "without it the registry is spoken to over plain HTTP",
     )
     return parser
 
