@@ -21,8 +21,13 @@ async def reader(client: Any, connect: Any, settled: Any) -> Any:
     await client.create(
         "namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}}
     )
-    await client.create(
-        "roles", role("pod-reader", [rule(["get", "list"], ["pods", "pods/log"])], namespace="team")
+    # Each object settled: the authorizer reads the roles and the bindings caches, which
+    # catch up independently.
+    await settled(
+        await client.create(
+            "roles",
+            role("pod-reader", [rule(["get", "list"], ["pods", "pods/log"])], namespace="team"),
+        )
     )
     made = await client.create(
         "rolebindings",

@@ -104,7 +104,7 @@ async def test_escalate_and_bind_verbs_lift_the_check(
         ],
         namespace=NS,
     )
-    await client.create("roles", granter)
+    await settled(await client.create("roles", granter))
     made = await client.create(
         "rolebindings", binding("granter", "Role", "granter", [user("granter")], namespace=NS)
     )
@@ -120,12 +120,10 @@ async def test_escalate_and_bind_verbs_lift_the_check(
 async def test_namespaced_grants_do_not_cover_a_clusterrole(
     client: Any, connect: Any, settled: Any, lead: Any
 ) -> None:
-    await client.create(
-        "clusterroles",
-        role(
-            "clusterrole-writer", [rule(["create"], ["clusterroles"], "rbac.authorization.k8s.io")]
-        ),
+    writer = role(
+        "clusterrole-writer", [rule(["create"], ["clusterroles"], "rbac.authorization.k8s.io")]
     )
+    await settled(await client.create("clusterroles", writer))
     made = await client.create(
         "clusterrolebindings",
         binding("lead-writes-clusterroles", "ClusterRole", "clusterrole-writer", [user("lead")]),
