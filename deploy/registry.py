@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from machinery.files import write_private
+
 DEFAULT_BINARY = "/usr/bin/docker-registry"
 
 
@@ -132,7 +134,7 @@ def ensure_registry_auth(directory: Path, address: str) -> RegistryAuth:
     directory.mkdir(parents=True, exist_ok=True)
     password_file = directory / "password"
     if not password_file.exists():
-        _write_private(password_file, secrets.token_urlsafe(24).encode())
+        write_private(password_file, secrets.token_urlsafe(24).encode())
     password = password_file.read_text().strip()
     htpasswd = directory / "htpasswd"
     current = htpasswd.read_bytes() if htpasswd.exists() else b""
@@ -142,21 +144,13 @@ def ensure_registry_auth(directory: Path, address: str) -> RegistryAuth:
         # The registry checks the hash on every request. The password is 24 random bytes,
         # not a human's, so a low cost (htpasswd -B's default, 5) gives nothing away.
         digest = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5))
-        _write_private(htpasswd, REGISTRY_USER.encode() + b":" + digest + b"\n")
+        write_private(htpasswd, REGISTRY_USER.encode() + b":" + digest + b"\n")
     auth_file = directory / "auth.json"
     token = base64.b64encode(f"{REGISTRY_USER}:{password}".encode()).decode()
     wanted = json.dumps({"auths": {address: {"auth": token}}}, indent=2) + "\n"
     if not auth_file.exists() or auth_file.read_text() != wanted:
-        _write_private(auth_file, wanted.encode())
+        write_private(auth_file, wanted.encode())
     return RegistryAuth(htpasswd, auth_file)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "wb") as f:
-        f.write(data)
-    tmp.replace(path)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

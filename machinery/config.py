@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from machinery.credentials import Credentials
+from machinery.files import write_private
 
 
 class ConfigError(Exception):
@@ -215,12 +216,7 @@ def _put(section: dict[str, Any], field: str, value: bytes, files: dict[str, str
 def _write(path: pathlib.Path, data: dict[str, Any]) -> None:
     """Replace the file atomically; it may hold keys, so only its owner can read it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "w") as f:
-        f.write(yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(path)
+    write_private(path, yaml.safe_dump(data, sort_keys=False).encode())
 
 
 def remove_context(name: str, path: pathlib.Path | None = None) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import ipaddress
-import os
 import pathlib
 from collections.abc import Iterable, Sequence
 
@@ -23,6 +22,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from machinery.files import write_private
 
 CA_DAYS = 3650
 CERT_DAYS = 365
@@ -60,17 +61,6 @@ class Subject:
 
     user: str
     groups: tuple[str, ...] = ()
-
-
-def write_private(path: pathlib.Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Replace path with data atomically, never readable by others even for a moment."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with open(fd, "wb") as f:
-        f.write(data)
-    tmp.chmod(mode)
-    tmp.replace(path)
 
 
 def new_key() -> bytes:

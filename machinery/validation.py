@@ -64,6 +64,7 @@ import jsonschema
 
 from machinery import kinds, labels, pki, quantity
 from machinery.errors import Cause
+from machinery.files import write_private
 
 # Kubernetes' cause types (metav1.CauseType), the `reason` of every Cause.
 REQUIRED = "FieldValueRequired"
@@ -291,11 +292,7 @@ def _store_code(path: Path, code: Any) -> None:
     """Best effort: a cache that cannot be written (read-only home) only costs time."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with open(fd, "wb") as f:
-            f.write(marshal.dumps(code))
-        tmp.replace(path)
+        write_private(path, marshal.dumps(code))
     except OSError:
         pass
 
