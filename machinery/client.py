@@ -40,7 +40,9 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-_READS = frozenset({"Get", "List"})
+_READS = frozenset({"Get", "List", "WhoAmI", "Review"})
+# Methods of the Access service; every other unary method is the object API's.
+_ACCESS = frozenset({"WhoAmI", "Review"})
 
 
 def _never_connected(err: grpc.aio.AioRpcError) -> bool:
@@ -195,9 +197,8 @@ class ApiClient:
         for attempt in range(len(self.servers)):
             target = self.server
             try:
-                return await getattr(self._objects(), method)(
-                    request, timeout=timeout or self._timeout
-                )
+                stub = self._access() if method in _ACCESS else self._objects()
+                return await getattr(stub, method)(request, timeout=timeout or self._timeout)
             except asyncio.CancelledError:
                 if not _cut_by_channel_close():
                     raise
@@ -349,7 +350,7 @@ class ApiClient:
 
     async def whoami(self) -> access_pb2.WhoAmIResponse:
         """The identity the server sees on this client's credentials."""
-        return await self._call(self._access().WhoAmI, access_pb2.WhoAmIRequest())
+        return await self._unary("WhoAmI", access_pb2.WhoAmIRequest())
 
     async def may(
         self,
@@ -369,17 +370,7 @@ class ApiClient:
             namespace=namespace if kind.namespaced else "",
             name=name,
         )
-        return await self._call(self._access().Review, request)
-
-    async def _call(self, method: Callable[..., Any], request: Any) -> Any:
-        target = self.server
-        try:
-            return await method(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as err:
-            error = error_from_rpc(err, target)
-            if isinstance(error, errors.Unavailable):
-                await self._failover()
-            raise error from None
+        return await self._unary("Review", request)
 
     async def watch(
         self,
