@@ -68,11 +68,10 @@ def _attributes(request: access_pb2.AccessReviewRequest) -> Attributes:
         raise errors.BadRequest(
             f'resource: the server doesn\'t have a resource type "{request.resource}"'
         )
-    return Attributes(
-        verb=request.verb,
-        resource=kind.resource,
-        api_group=kind.group,
-        namespace=request.namespace if kind.namespaced else "",
+    return Attributes.of(
+        request.verb,
+        kind,
+        namespace=request.namespace,
         name=request.name,
         subresource=request.subresource,
     )

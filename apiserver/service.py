@@ -124,14 +124,7 @@ class ObjectService:
             return None
         return self._gate.admit(
             context,
-            Attributes(
-                verb=verb,
-                resource=kind.resource,
-                api_group=kind.group,
-                namespace=namespace if kind.namespaced else "",
-                name=name,
-                subresource=subresource,
-            ),
+            Attributes.of(verb, kind, namespace=namespace, name=name, subresource=subresource),
         )
 
     # -- plumbing ----------------------------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from machinery.kinds import Kind
+
 # Groups every authenticated user is in, and the one that bypasses authorization.
 AUTHENTICATED = "system:authenticated"
 MASTERS = "system:masters"
@@ -78,6 +80,20 @@ class Attributes:
     namespace: str = ""
     name: str = ""
     subresource: str = ""
+
+    @classmethod
+    def of(
+        cls, verb: str, kind: Kind, *, namespace: str = "", name: str = "", subresource: str = ""
+    ) -> Attributes:
+        """The attributes of a request on kind; a cluster-scoped kind has no namespace."""
+        return cls(
+            verb=verb,
+            resource=kind.resource,
+            api_group=kind.group,
+            namespace=namespace if kind.namespaced else "",
+            name=name,
+            subresource=subresource,
+        )
 
     def describe(self) -> str:
         """`verb resource[/sub] "name" in namespace "ns"` for messages and logs."""
