@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import pathlib
-import sys
 from typing import Any
 
 import pytest
 
 from machinery import errors
 from tests.authz.builders import binding, role, rule, user
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.authz.kctl import run_kctl
 
 
 @pytest.fixture
@@ -87,37 +83,20 @@ async def test_review_of_an_unknown_resource_is_a_bad_request(
     assert "widgets" in (refused.value.details() or "")
 
 
-async def _kctl(config: pathlib.Path, *argv: str) -> tuple[int, str, str]:
-    """kctl in a subprocess, awaited: the API server answering it runs in this loop."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cli.main",
-        "--config",
-        str(config),
-        *argv,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    return process.returncode or 0, out.decode(), err.decode()
-
-
 async def test_kctl_auth(reader: Any, apiserver: Any, cluster_pki: Any, tmp_path: Any) -> None:
     config = cluster_pki.kubeconfig(
         tmp_path / "jane",
         [f"127.0.0.1:{apiserver.port}"],
         cluster_pki.credentials_for("jane", ("developers",)),
     )
-    code, out, _ = await _kctl(config, "auth", "whoami")
+    code, out, _ = await run_kctl(config, "auth", "whoami")
     assert code == 0 and "jane" in out and "x509" in out
-    code, out, _ = await _kctl(config, "-n", "team", "auth", "can-i", "get", "pods/log")
+    code, out, _ = await run_kctl(config, "-n", "team", "auth", "can-i", "get", "pods/log")
     assert (code, out.strip()) == (0, "yes")
-    code, out, err = await _kctl(
+    code, out, err = await run_kctl(
         config, "-n", "team", "auth", "can-i", "delete", "pods/web", "--why"
     )
     assert (code, out.strip()) == (1, "no")
     assert "RBAC" in err
-    code, _, err = await _kctl(config, "auth", "can-i", "get", "widgets")
+    code, _, err = await run_kctl(config, "auth", "can-i", "get", "widgets")
     assert code == 1 and "widgets" in err

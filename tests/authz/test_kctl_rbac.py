@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
-import sys
 from typing import Any
 
 import pytest
 
 from cli.errors import CliError
 from cli.rbac import rules_from, subjects_from
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.authz.kctl import run_kctl
 
 
 @pytest.mark.parametrize(
@@ -72,35 +70,19 @@ def test_subjects_need_one_and_a_namespaced_serviceaccount() -> None:
     }
 
 
-async def _kctl(config: pathlib.Path, *argv: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cli.main",
-        "--config",
-        str(config),
-        *argv,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    return process.returncode or 0, out.decode(), err.decode()
-
-
 async def test_created_role_and_binding_grant_what_they_say(
     client: Any, connect: Any, admin_kubeconfig: pathlib.Path
 ) -> None:
     await client.create(
         "namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}}
     )
-    code, out, err = await _kctl(
+    code, out, err = await run_kctl(
         admin_kubeconfig, "-n", "team", "create", "role", "reader", "--verb=get,list",
         "--resource=pods",
     )  # fmt: skip
     assert code == 0, err
     assert "role.rbac.authorization.k8s.io/reader created" in out
-    code, _, err = await _kctl(
+    code, _, err = await run_kctl(
         admin_kubeconfig, "-n", "team", "create", "rolebinding", "jane-reads", "--role=reader",
         "--user=jane",
     )  # fmt: skip
@@ -112,7 +94,7 @@ async def test_created_role_and_binding_grant_what_they_say(
         await asyncio.sleep(0.02)
     assert (await jane.may("list", "pods", namespace="team")).allowed
     assert not (await jane.may("delete", "pods", namespace="team")).allowed
-    code, _, err = await _kctl(
+    code, _, err = await run_kctl(
         admin_kubeconfig, "create", "rolebinding", "both", "--role=a", "--clusterrole=b",
         "--user=x",
     )  # fmt: skip
